@@ -1,0 +1,64 @@
+"""The exception root of geoseg and its children.
+
+Every error a user can cause derives from :class:`GeosegError`. Where a builtin exception fits,
+the error also derives from it (as in rasterio's ``RasterioIOError(RasterioError, OSError)``), so
+callers can catch either. Messages say what happened and what to do next.
+"""
+
+from __future__ import annotations
+
+
+class GeosegError(Exception):
+    """Root of all geoseg errors; the CLI turns these into a one-line message and exit status 1."""
+
+
+class InputError(GeosegError, ValueError):
+    """The input scene cannot be used as given (missing, not a raster, wrong bands, ...)."""
+
+
+class SceneNotFoundError(InputError, FileNotFoundError):
+    """The input path does not exist."""
+
+
+class NotARasterError(InputError):
+    """The input exists but GDAL cannot read it as a raster."""
+
+
+class MissingGeoreferenceError(InputError):
+    """The raster has no CRS or no geotransform."""
+
+
+class BandMismatchError(InputError):
+    """The scene's bands or dtype do not match what the model expects."""
+
+
+class ConfigError(GeosegError, ValueError):
+    """A setting or configuration file is invalid; the message names the key."""
+
+
+class ModelError(GeosegError):
+    """A model checkpoint is missing, corrupt or incompatible."""
+
+
+class OutputError(GeosegError, OSError):
+    """Outputs cannot be written (exists without --overwrite, not writable, disk full)."""
+
+
+class OutputExistsError(OutputError, FileExistsError):
+    """The output folder or file exists and overwriting was not asked for."""
+
+
+class TrainingError(GeosegError):
+    """Training data or training settings are unusable."""
+
+
+class GeosegWarning(UserWarning):
+    """Root of geoseg's warnings."""
+
+
+class UngeoreferencedWarning(GeosegWarning):
+    """The input has no georeferencing; outputs carry pixel coordinates."""
+
+
+class BandOrderWarning(GeosegWarning):
+    """The scene does not name its bands; geoseg assumed the model's band order."""

@@ -1,0 +1,175 @@
+"""Batched model inference: normalisation, device and precision choice, overlapped tile reads.
+
+Tiles are read and normalised by background threads while the model runs; on CUDA, batches are
+pinned and copied without blocking, and the forward pass runs under autocast (fp16 by default).
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import TypeVar
+
+import numpy as np
+import torch
+
+from geoseg.errors import ConfigError
+from geoseg.model import SegmentationModel
+from geoseg.types import PixelWindow, Tile
+
+T = TypeVar("T")
+
+
+def resolve_device(requested: str | None = "auto") -> torch.device:
+    """``auto`` picks CUDA when present, else the CPU; ``cuda`` without a GPU is an error."""
+    name = requested or "auto"
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"--device {name} was asked for but no CUDA device is available; use --device cpu")
+    try:
+        return torch.device(name)
+    except RuntimeError as exc:
+        raise ConfigError(f"unknown device {name!r}; use auto, cpu, cuda or cuda:N") from exc
+
+
+def autocast_dtype(device: torch.device, precision: str) -> torch.dtype | None:
+    """The autocast dtype for a device and precision setting (``None``: full fp32)."""
+    if precision == "fp32" or (precision == "auto" and device.type != "cuda"):
+        return None
+    if precision == "bf16":
+        return torch.bfloat16
+    if precision in ("fp16", "auto"):
+        if device.type != "cuda":
+            raise ConfigError("fp16 precision needs a CUDA device; use --precision fp32 or bf16 on CPU")
+        return torch.float16
+    raise ConfigError(f"unknown precision {precision!r}; use auto, fp32, fp16 or bf16")
+
+
+@dataclass
+class TileBatch:
+    """Tiles read together: normalised inputs for the ones to infer, masks for all."""
+
+    tiles: list[Tile]
+    valid: list[np.ndarray]  # (th, tw) bool per tile
+    run: list[int]  # positions in ``tiles`` that hold valid pixels (the others are skipped)
+    inputs: np.ndarray  # (len(run), C, th, tw) float32, normalised, invalid pixels set to 0
+
+
+class Predictor:
+    """Runs a :class:`SegmentationModel` on batches of normalised tiles and returns probabilities."""
+
+    def __init__(
+        self, model: SegmentationModel, device: str | None = "auto", precision: str = "auto"
+    ) -> None:
+        self.model = model
+        self.device = resolve_device(device)
+        self.amp_dtype = autocast_dtype(self.device, precision)
+        self.module = model.module.to(self.device).eval()
+        if self.device.type == "cuda":
+            self.module = self.module.to(memory_format=torch.channels_last)
+
+    @property
+    def description(self) -> str:
+        """Device and precision, as reported at the start of a run."""
+        if self.device.type == "cuda":
+            name = torch.cuda.get_device_name(self.device)
+            return f"{self.device} ({name}, {self.amp_dtype or 'fp32'})"
+        reason = "" if torch.cuda.is_available() else ", no CUDA device found"
+        return f"cpu ({torch.get_num_threads()} threads{reason})"
+
+    @torch.inference_mode()
+    def predict(self, inputs: np.ndarray) -> np.ndarray:
+        """Class probabilities ``(N, K, H, W)`` float32 for normalised inputs ``(N, C, H, W)``."""
+        batch = torch.from_numpy(inputs)
+        if self.device.type == "cuda":
+            batch = batch.pin_memory().to(self.device, non_blocking=True)
+            batch = batch.contiguous(memory_format=torch.channels_last)
+        if self.amp_dtype is not None:
+            with torch.autocast(device_type=self.device.type, dtype=self.amp_dtype):
+                logits = self.module(batch)
+        else:
+            logits = self.module(batch)
+        probs = torch.softmax(logits.float(), dim=1)
+        return probs.cpu().numpy()
+
+
+class Normaliser:
+    """``(x - mean) / std`` per band; invalid pixels become 0 (the normalised mean)."""
+
+    def __init__(self, mean: Sequence[float], std: Sequence[float]) -> None:
+        self.mean = np.asarray(mean, dtype=np.float32)[:, None, None]
+        self.scale = (1.0 / np.asarray(std, dtype=np.float32))[:, None, None]
+
+    def __call__(self, data: np.ndarray, valid: np.ndarray) -> np.ndarray:
+        out = (data - self.mean) * self.scale
+        out *= valid[None]
+        return out
+
+
+def read_batches(
+    tiles: Sequence[Tile],
+    read: Callable[[PixelWindow], tuple[np.ndarray, np.ndarray]],
+    normalise: Normaliser,
+    batch_size: int,
+    threads: int = 2,
+) -> Iterator[TileBatch]:
+    """Read tiles in order and group them into batches; all-nodata tiles are marked, not run."""
+    with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="geoseg-read") as pool:
+        for start in range(0, len(tiles), batch_size):
+            chunk = list(tiles[start : start + batch_size])
+            results = list(pool.map(lambda t: read(t.read_window), chunk))
+            valid = [v for _, v in results]
+            run = [i for i, v in enumerate(valid) if v.any()]
+            if run:
+                inputs = np.stack([normalise(results[i][0], valid[i]) for i in run])
+            else:
+                inputs = np.zeros((0,), dtype=np.float32)
+            yield TileBatch(chunk, valid, run, inputs)
+
+
+def prefetch(items: Iterable[T], depth: int = 2) -> Iterator[T]:
+    """Iterate ``items`` in a background thread, keeping up to ``depth`` ready ahead.
+
+    Exceptions raised while producing are re-raised in the consumer; closing the consumer stops
+    the producer.
+    """
+    q: queue.Queue[tuple[str, object]] = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def produce() -> None:
+        try:
+            for item in items:
+                while not stop.is_set():
+                    try:
+                        q.put(("item", item), timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            q.put(("end", None))
+        except BaseException as exc:  # noqa: BLE001 - handed to the consumer
+            q.put(("error", exc))
+
+    thread = threading.Thread(target=produce, name="geoseg-prefetch", daemon=True)
+    thread.start()
+    try:
+        while True:
+            kind, value = q.get()
+            if kind == "end":
+                return
+            if kind == "error":
+                assert isinstance(value, BaseException)
+                raise value
+            yield value  # type: ignore[misc]
+    finally:
+        stop.set()
+        while thread.is_alive():
+            try:
+                q.get_nowait()
+            except queue.Empty:
+                thread.join(timeout=0.05)

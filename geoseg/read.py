@@ -1,0 +1,281 @@
+"""The only place that opens input rasters: validation, band selection and windowed reads.
+
+Reads are windowed and never hold the whole scene; pixels outside the scene (only for scenes
+smaller than one tile, padded to the model stride) come back as invalid. Validity combines the
+input's nodata value, internal/external masks and alpha bands (GDAL's mask flags) and, for float
+inputs, non-finite values.
+"""
+
+from __future__ import annotations
+
+import threading
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import rasterio
+from rasterio.enums import ColorInterp
+from rasterio.errors import RasterioIOError
+
+from geoseg.errors import (
+    BandMismatchError,
+    BandOrderWarning,
+    InputError,
+    MissingGeoreferenceError,
+    NotARasterError,
+    SceneNotFoundError,
+)
+from geoseg.types import PixelWindow
+
+SUPPORTED_DTYPES = ("uint8", "uint16", "int16", "uint32", "int32", "float32", "float64")
+
+#: Names a band may go by, mapped to the canonical name used in model cards.
+_BAND_ALIASES = {
+    "r": "red", "red": "red",
+    "g": "green", "green": "green",
+    "b": "blue", "blue": "blue",
+    "n": "nir", "nir": "nir", "near-infrared": "nir", "nearinfrared": "nir", "near_infrared": "nir",
+    "gray": "gray", "grey": "gray", "pan": "gray",
+}  # fmt: skip
+
+
+@dataclass(frozen=True)
+class SceneInfo:
+    """What geoseg needs to know about an input raster, read once from its header."""
+
+    path: str
+    width: int
+    height: int
+    count: int
+    dtype: str
+    crs: Any  # rasterio.crs.CRS | None
+    transform: Any  # affine.Affine
+    nodata: float | None
+    band_names: tuple[str, ...]
+    georeferenced: bool
+    res: tuple[float, float]
+
+    @property
+    def rotated(self) -> bool:
+        """Whether the geotransform has rotation/shear terms."""
+        return bool(self.transform.b != 0 or self.transform.d != 0)
+
+    def summary(self) -> str:
+        """A human-readable description (what ``geoseg info SCENE`` prints)."""
+        crs = self.crs.to_string() if self.crs else "none"
+        return "\n".join(
+            [
+                f"scene:      {self.path}",
+                f"size:       {self.width} x {self.height} px, {self.count} band(s) {self.dtype}",
+                f"bands:      {', '.join(self.band_names)}",
+                f"crs:        {crs}",
+                f"resolution: {self.res[0]:g} x {self.res[1]:g}",
+                f"nodata:     {self.nodata}",
+                f"transform:  {tuple(round(v, 6) for v in self.transform[:6])}",
+            ]
+        )
+
+
+def _gdal_path(path: str | Path) -> str:
+    text = str(path)
+    if text.startswith("s3://"):
+        return "/vsis3/" + text[len("s3://") :]
+    if text.startswith(("http://", "https://")):
+        return "/vsicurl/" + text
+    return text
+
+
+def open_raster(path: str | Path) -> Any:
+    """Open a raster for reading, turning GDAL's failures into clear geoseg errors."""
+    text = str(path)
+    is_remote = text.startswith(("/vsi", "s3://", "http://", "https://"))
+    if not is_remote:
+        p = Path(text)
+        if not p.exists():
+            raise SceneNotFoundError(f"{p} does not exist; check the path")
+        if p.is_dir():
+            raise InputError(f"{p} is a directory; pass a raster file (e.g. a GeoTIFF) inside it")
+    try:
+        return rasterio.open(_gdal_path(text))
+    except RasterioIOError as exc:
+        first = str(exc).splitlines()[0] if str(exc) else "unreadable"
+        raise NotARasterError(
+            f"{text} cannot be read as a raster ({first}); pass a GeoTIFF or another GDAL raster"
+        ) from exc
+
+
+def scene_info(dataset: Any) -> SceneInfo:
+    """Describe an open rasterio dataset."""
+    names = []
+    for i, ci in enumerate(dataset.colorinterp):
+        desc = dataset.descriptions[i]
+        if desc:
+            names.append(str(desc))
+        elif ci not in (ColorInterp.undefined, ColorInterp.alpha):
+            names.append(ci.name)
+        else:
+            names.append(f"band_{i + 1}")
+    has_transform = not dataset.transform.is_identity
+    return SceneInfo(
+        path=str(dataset.name),
+        width=dataset.width,
+        height=dataset.height,
+        count=dataset.count,
+        dtype=str(dataset.dtypes[0]),
+        crs=dataset.crs,
+        transform=dataset.transform,
+        nodata=dataset.nodata,
+        band_names=tuple(names),
+        georeferenced=bool(dataset.crs) and has_transform,
+        res=(abs(dataset.res[0]), abs(dataset.res[1])),
+    )
+
+
+def validate_scene(info: SceneInfo, *, allow_ungeoreferenced: bool = False) -> None:
+    """Refuse scenes geoseg cannot segment, saying what to do instead."""
+    if info.width < 2 or info.height < 2:
+        raise InputError(
+            f"{info.path} is {info.width} x {info.height} pixels; a scene needs at least 2 x 2"
+        )
+    if info.dtype not in SUPPORTED_DTYPES:
+        raise InputError(
+            f"{info.path} has data type {info.dtype}; supported: {', '.join(SUPPORTED_DTYPES)}"
+        )
+    if not info.georeferenced and not allow_ungeoreferenced:
+        missing = "a CRS" if not info.crs else "a geotransform"
+        raise MissingGeoreferenceError(
+            f"{info.path} has no {missing}; outputs could not be placed on a map. Fix the file "
+            "(e.g. gdal_edit.py -a_srs / -a_ullr) or pass --allow-ungeoreferenced to work in "
+            "pixel coordinates"
+        )
+
+
+def canonical_band_name(name: str) -> str:
+    """Normalise a band name (``"Red"``, ``"R"``, ``"near-infrared"``) for matching."""
+    key = name.strip().lower()
+    return _BAND_ALIASES.get(key, key)
+
+
+def select_bands(
+    info: SceneInfo,
+    wanted: Sequence[str],
+    bands: Sequence[int] | None = None,
+) -> tuple[int, ...]:
+    """1-based band indices of ``info`` to feed a model that expects bands named ``wanted``.
+
+    Explicit ``bands`` win; otherwise bands are matched by colour interpretation or description
+    (so a 4-band RGBN scene feeds an RGB model its red, green and blue), and a scene with exactly
+    as many bands as the model is used in order.
+    """
+    n = len(wanted)
+    if bands is not None:
+        chosen = tuple(int(b) for b in bands)
+        bad = [b for b in chosen if not 1 <= b <= info.count]
+        if bad:
+            raise BandMismatchError(
+                f"--bands {','.join(map(str, chosen))}: band(s) {bad} do not exist; "
+                f"{info.path} has bands 1..{info.count}"
+            )
+        if len(chosen) != n:
+            raise BandMismatchError(
+                f"--bands selects {len(chosen)} band(s) but the model expects {n} "
+                f"({', '.join(wanted)})"
+            )
+        return chosen
+    scene_names = [canonical_band_name(b) for b in info.band_names]
+    matched = []
+    for name in wanted:
+        key = canonical_band_name(name)
+        if key in scene_names:
+            matched.append(scene_names.index(key) + 1)
+    if len(matched) == n and len(set(matched)) == n:
+        return tuple(matched)
+    if info.count == n:
+        return tuple(range(1, n + 1))
+    generic = all(name in ("gray", "undefined") or name.startswith("band_") for name in scene_names)
+    if generic and info.count > n:
+        warnings.warn(
+            f"{info.path} does not name its bands; assuming bands 1..{n} are "
+            f"{', '.join(wanted)}. Pass --bands to choose others.",
+            BandOrderWarning,
+            stacklevel=2,
+        )
+        return tuple(range(1, n + 1))
+    example = ",".join(str(i) for i in range(1, n + 1))
+    raise BandMismatchError(
+        f"the model expects {n} band(s) ({', '.join(wanted)}) but {info.path} has {info.count} "
+        f"({', '.join(info.band_names)}); pick bands with --bands {example} or pass another "
+        "--model"
+    )
+
+
+class TileReader:
+    """Windowed reads of selected bands with a validity mask; safe to use from several threads.
+
+    Each thread gets its own dataset handle (GDAL handles are not thread-safe).
+    """
+
+    def __init__(self, path: str | Path, bands: Sequence[int]) -> None:
+        self.path = _gdal_path(path)
+        self.bands = list(bands)
+        self._local = threading.local()
+        self._handles: list[Any] = []
+        self._lock = threading.Lock()
+        with rasterio.open(self.path) as ds:
+            self.height, self.width = ds.height, ds.width
+            self.is_float = np.dtype(ds.dtypes[0]).kind == "f"
+
+    def _dataset(self) -> Any:
+        ds = getattr(self._local, "ds", None)
+        if ds is None:
+            ds = rasterio.open(self.path)
+            self._local.ds = ds
+            with self._lock:
+                self._handles.append(ds)
+        return ds
+
+    def read(self, window: PixelWindow) -> tuple[np.ndarray, np.ndarray]:
+        """Read ``window`` as float32 ``(C, H, W)`` plus a boolean validity mask ``(H, W)``.
+
+        Parts of the window outside the scene are zero and invalid.
+        """
+        ds = self._dataset()
+        scene = PixelWindow(0, 0, self.height, self.width)
+        inside = window.intersection(scene)
+        data = np.zeros((len(self.bands), window.height, window.width), dtype=np.float32)
+        valid = np.zeros(window.shape, dtype=bool)
+        if inside is None:
+            return data, valid
+        rw = inside.to_rasterio()
+        try:
+            raw = ds.read(self.bands, window=rw)
+            masks = ds.read_masks(self.bands, window=rw)
+        except RasterioIOError as exc:
+            raise InputError(
+                f"reading {self.path} failed at rows {inside.row_off}..{inside.row_end}, cols "
+                f"{inside.col_off}..{inside.col_end}: the file is truncated or corrupt ({exc})"
+            ) from exc
+        ok = np.all(masks > 0, axis=0)
+        if self.is_float:
+            ok &= np.all(np.isfinite(raw), axis=0)
+            raw = np.where(np.isfinite(raw), raw, 0)
+        rows, cols = inside.relative_to(window).slices()
+        data[:, rows, cols] = raw
+        valid[rows, cols] = ok
+        return data, valid
+
+    def close(self) -> None:
+        """Close every per-thread handle."""
+        with self._lock:
+            for ds in self._handles:
+                ds.close()
+            self._handles.clear()
+
+    def __enter__(self) -> TileReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
