@@ -180,7 +180,8 @@ class SegmentationModel:
         self.card = card
 
     def __repr__(self) -> str:
-        return f"SegmentationModel({self.card.arch}/{self.card.encoder}, {self.card.num_classes} classes)"
+        card = self.card
+        return f"SegmentationModel({card.arch}/{card.encoder}, {card.num_classes} classes)"
 
 
 def canonical_arch(arch: str) -> str:
@@ -314,7 +315,9 @@ def load_model(
     if payload.get("format") == CHECKPOINT_FORMAT:
         return _from_geoseg_payload(payload, path)
     if "hyper_parameters" in payload and "state_dict" in payload:
-        return _from_lightning_payload(payload, path, classes=classes, mean=mean, std=std, bands=bands)
+        return _from_lightning_payload(
+            payload, path, classes=classes, mean=mean, std=std, bands=bands
+        )
     raise ModelError(
         f"{path} is neither a geoseg checkpoint nor a torchgeo Lightning checkpoint "
         f"(keys: {sorted(payload)[:8]})"

@@ -34,12 +34,21 @@ SUPPORTED_DTYPES = ("uint8", "uint16", "int16", "uint32", "int32", "float32", "f
 
 #: Names a band may go by, mapped to the canonical name used in model cards.
 _BAND_ALIASES = {
-    "r": "red", "red": "red",
-    "g": "green", "green": "green",
-    "b": "blue", "blue": "blue",
-    "n": "nir", "nir": "nir", "near-infrared": "nir", "nearinfrared": "nir", "near_infrared": "nir",
-    "gray": "gray", "grey": "gray", "pan": "gray",
-}  # fmt: skip
+    "r": "red",
+    "red": "red",
+    "g": "green",
+    "green": "green",
+    "b": "blue",
+    "blue": "blue",
+    "n": "nir",
+    "nir": "nir",
+    "near-infrared": "nir",
+    "nearinfrared": "nir",
+    "near_infrared": "nir",
+    "gray": "gray",
+    "grey": "gray",
+    "pan": "gray",
+}
 
 
 @dataclass(frozen=True)

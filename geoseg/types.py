@@ -17,7 +17,7 @@ RGB = tuple[int, int, int]
 
 @dataclass(frozen=True, order=True)
 class PixelWindow:
-    """A rectangle of pixels: rows ``[row_off, row_off + height)``, cols ``[col_off, col_off + width)``."""
+    """A rectangle of pixels: rows ``[row_off, row_off + height)``, cols ``[col_off, col_end)``."""
 
     row_off: int
     col_off: int
@@ -160,9 +160,17 @@ class ClassTable:
 
 
 _PALETTE: tuple[RGB, ...] = (
-    (31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189),
-    (140, 86, 75), (227, 119, 194), (127, 127, 127), (188, 189, 34), (23, 190, 207),
-)  # fmt: skip
+    (31, 119, 180),
+    (255, 127, 14),
+    (44, 160, 44),
+    (214, 39, 40),
+    (148, 103, 189),
+    (140, 86, 75),
+    (227, 119, 194),
+    (127, 127, 127),
+    (188, 189, 34),
+    (23, 190, 207),
+)
 
 
 def default_color(class_id: int) -> RGB:

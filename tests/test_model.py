@@ -1,0 +1,157 @@
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+
+from geoseg.errors import ModelError
+from geoseg.model import (
+    ModelCard,
+    build_model,
+    canonical_arch,
+    create_module,
+    load_model,
+    output_stride_of,
+    save_checkpoint,
+)
+from geoseg.types import ClassTable
+
+
+def card(**kw):
+    base = dict(
+        arch="unet",
+        encoder="resnet18",
+        bands=("red", "green", "blue"),
+        mean=(1.0, 2.0, 3.0),
+        std=(4.0, 5.0, 6.0),
+        classes=ClassTable.default(3),
+    )
+    return ModelCard(**{**base, **kw})
+
+
+class SharedArchTester:
+    """Each architecture's test is a few-line subclass (as in smp's tests/models)."""
+
+    arch = "unet"
+    encoder = "resnet18"
+
+    def test_builds_and_keeps_shape(self):
+        module = create_module(self.arch, self.encoder, 4, 5)
+        stride = output_stride_of(module)
+        x = torch.zeros(1, 4, 2 * max(stride, 32), 2 * max(stride, 32))
+        with torch.inference_mode():
+            y = module.eval()(x)
+        assert y.shape == (1, 5, *x.shape[2:])
+
+
+class TestUnet(SharedArchTester):
+    arch = "unet"
+
+
+class TestDeepLabV3Plus(SharedArchTester):
+    arch = "deeplabv3+"
+
+
+class TestFPN(SharedArchTester):
+    arch = "fpn"
+
+
+class TestPSPNet(SharedArchTester):
+    arch = "pspnet"
+
+
+class TestTimmEncoder(SharedArchTester):
+    arch = "unet"
+    encoder = "tu-mobilenetv3_small_050"
+
+
+def test_unknown_arch_lists_choices():
+    with pytest.raises(ModelError, match="choose one of: .*deeplabv3plus.*unet"):
+        canonical_arch("segnet")
+    with pytest.raises(ModelError, match="encoder 'nope'"):
+        create_module("unet", "nope", 3, 2)
+
+
+def test_card_round_trip_and_summary():
+    c = card(metrics={"miou": 0.7}, licence="MIT")
+    assert ModelCard.from_dict(c.to_dict()) == c
+    text = c.summary()
+    assert "class_2" in text and "miou: 0.7000" in text and "MIT" in text
+    with pytest.raises(ModelError, match="unknown fields"):
+        ModelCard.from_dict({**c.to_dict(), "colour": 1})
+    with pytest.raises(ModelError, match="3 bands but 2 means"):
+        card(mean=(1.0, 2.0))
+
+
+def test_checkpoint_round_trip_half_precision(tmp_path):
+    model = build_model(card(arch_kwargs={"decoder_channels": [32, 16, 16, 8, 8]}))
+    path = save_checkpoint(model, tmp_path / "m.pt", half=True)
+    loaded = load_model(path)
+    assert loaded.card == model.card
+    x = torch.rand(1, 3, 64, 64)
+    with torch.inference_mode():
+        a, b = model.module.eval()(x), loaded.module(x)
+    assert torch.allclose(a, b, atol=5e-2)  # weights stored as float16
+    assert not (tmp_path / "m.pt.part").exists()
+
+
+def test_torchgeo_lightning_checkpoint_loads(tmp_path):
+    import lightning
+    from torchgeo.trainers import SemanticSegmentationTask
+
+    task = SemanticSegmentationTask(
+        model="unet", backbone="resnet18", weights=None, in_channels=3, num_classes=4
+    )
+    path = tmp_path / "task.ckpt"
+    torch.save(
+        {
+            "state_dict": task.state_dict(),
+            "hyper_parameters": dict(task.hparams),
+            "pytorch-lightning_version": lightning.__version__,
+        },
+        path,
+    )
+    table = ClassTable.from_list([{"name": n} for n in ["a", "b", "c", "d"]])
+    model = load_model(path, classes=table, mean=[10, 10, 10], std=[2, 2, 2])
+    assert model.card.classes.names == ["a", "b", "c", "d"] and model.card.mean == (10, 10, 10)
+    x = torch.rand(1, 3, 64, 64)
+    with torch.inference_mode():
+        assert torch.equal(model.module(x), task.model.eval()(x))
+    with pytest.raises(ModelError, match="predicts 4 classes but 2"):
+        load_model(path, classes=ClassTable.default(2))
+
+
+def test_bad_checkpoints(tmp_path):
+    with pytest.raises(ModelError, match="does not exist"):
+        load_model(tmp_path / "none.pt")
+    junk = tmp_path / "junk.pt"
+    junk.write_bytes(b"\x00garbage" * 10)
+    with pytest.raises(ModelError, match="corrupt"):
+        load_model(junk)
+    other = tmp_path / "other.pt"
+    torch.save({"weights": torch.zeros(1)}, other)
+    with pytest.raises(ModelError, match="neither a geoseg checkpoint"):
+        load_model(other)
+    # weights that do not fit the card's architecture
+    model = build_model(card())
+    path = save_checkpoint(model, tmp_path / "ok.pt")
+    payload = torch.load(path, weights_only=True)
+    payload["card"]["encoder"] = "resnet34"
+    torch.save(payload, path)
+    with pytest.raises(ModelError, match="do not fit"):
+        load_model(path)
+
+
+def test_class_table_parsing():
+    table = ClassTable.from_list(
+        [{"name": "water", "color": "#0000ff"}, {"name": "land", "color": [1, 2, 3]}]
+    )
+    assert table.by_id(0).color == (0, 0, 255) and table.colormap()[1] == (1, 2, 3, 255)
+    from geoseg.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="unique"):
+        ClassTable.from_list([{"name": "a"}, {"name": "a"}])
+    with pytest.raises(ConfigError, match="colour"):
+        ClassTable.from_list([{"name": "a", "color": "#zz"}])
+    assert dataclasses.replace(card(), name="x").name == "x"
+    assert np.array_equal(np.array(ClassTable.default(2).names), ["class_0", "class_1"])
