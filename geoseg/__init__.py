@@ -22,11 +22,15 @@ __all__ = [
     "load_config",
     "load_model",
     "segment",
+    "segment_distributed",
+    "segment_many",
     "__version__",
 ]
 
 _LAZY = {
     "segment": "geoseg.pipeline",
+    "segment_distributed": "geoseg.distributed",
+    "segment_many": "geoseg.distributed",
     "SegmentResult": "geoseg.pipeline",
     "load_model": "geoseg.model",
     "ModelCard": "geoseg.model",
@@ -38,6 +42,7 @@ _LAZY = {
 
 if TYPE_CHECKING:
     from geoseg.config import RunConfig, load_config
+    from geoseg.distributed import segment_distributed, segment_many
     from geoseg.model import ModelCard, SegmentationModel, load_model
     from geoseg.pipeline import SegmentResult, segment
     from geoseg.types import ClassTable

@@ -7,9 +7,10 @@ Every :class:`~geoseg.errors.GeosegError` becomes a one-line message and exit st
 from __future__ import annotations
 
 import functools
+import shlex
 import sys
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -40,10 +41,22 @@ def handle_errors(fn: F) -> F:
             click.echo(f"geoseg: error: {exc}", err=True)
             sys.exit(1)
         except KeyboardInterrupt:
-            click.echo("geoseg: interrupted; no complete output was written", err=True)
+            click.echo(f"geoseg: {_interrupted_message()}", err=True)
             sys.exit(130)
 
     return wrapper  # type: ignore[return-value]
+
+
+def _interrupted_message() -> str:
+    """What to say on Ctrl-C: for ``geoseg run``, the command that resumes the run."""
+    ctx = click.get_current_context(silent=True)
+    if ctx is None or ctx.command.name != "run":
+        return "interrupted; no complete output was written"
+    argv = sys.argv[1:]
+    if "run" not in argv:  # called from Python (e.g. click's test runner), not from a shell
+        return "interrupted; resume with the same geoseg run command plus --resume"
+    args = [a for a in argv[argv.index("run") :] if a != "--resume"]
+    return f"interrupted; resume with: geoseg {shlex.join([*args, '--resume'])}"
 
 
 def parse_bands(value: str | None) -> tuple[int, ...] | None:
@@ -107,10 +120,33 @@ def main() -> None:
 @click.option(
     "--min-area", type=float, help="Merge regions smaller than this (m²) into neighbours."
 )
-@click.option("--simplify", type=float, help="Coverage simplification tolerance (map units).")
+@click.option("--simplify", type=float, help="Coverage simplification tolerance (metres).")
 @click.option("--allow-ungeoreferenced", is_flag=True, help="Accept rasters without CRS/transform.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing output folder.")
+@click.option(
+    "--resume",
+    is_flag=True,
+    help="Continue an interrupted run into the same output folder (same scene, model, settings).",
+)
+@click.option(
+    "--mosaic", is_flag=True, help="SCENES are tiles of one mosaic: segment them as one scene."
+)
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar or status lines.")
+@click.option(
+    "--tta",
+    type=click.Choice(["none", "flips", "d4"]),
+    help="Test-time augmentation: average over 4 flips or all 8 flips/rotations (4x/8x slower).",
+)
+@click.option(
+    "--workers",
+    type=click.IntRange(min=1),
+    help="Run on a local dask cluster of N workers (one scene: split by tile rows).",
+)
+@click.option(
+    "--dask-scheduler",
+    metavar="ADDRESS",
+    help="Run on an existing dask cluster, e.g. tcp://host:8786.",
+)
 @handle_errors
 def run(
     scenes: tuple[str, ...],
@@ -130,46 +166,129 @@ def run(
     simplify: float | None,
     allow_ungeoreferenced: bool,
     overwrite: bool,
+    resume: bool,
+    mosaic: bool,
     quiet: bool,
+    tta: str | None,
+    workers: int | None,
+    dask_scheduler: str | None,
 ) -> None:
-    """Segment SCENES (GeoTIFFs or any GDAL raster) into land-cover classes."""
+    """Segment SCENES (GeoTIFFs or any GDAL raster) into land-cover classes.
+
+    SCENES may be paths, quoted globs ("tiles/*.tif") or @LIST.txt (one path per line). With
+    --workers or --dask-scheduler one scene is split across the workers by tile rows, and
+    several scenes run one per worker, with a summary table at the end.
+    """
     if sample:
         scenes = (*scenes, str(sample_scene_path()))
         if out_dir is None and len(scenes) == 1:
             out_dir = Path.cwd() / f"{Path(SAMPLE_SCENE).stem}_geoseg"
     if not scenes:
         raise click.UsageError("give a scene to segment (geoseg run scene.tif) or --sample")
+    expanded = expand_scenes(scenes)
+    # a mosaic is one scene made of all the files (pipeline.segment takes the list)
+    paths: list[Any] = [expanded] if mosaic else expanded
+    import time
+
+    from geoseg.distributed import SceneOutcome, segment_distributed, segment_many, summary_table
     from geoseg.pipeline import segment
 
     say = (lambda _m: None) if quiet else (lambda m: click.echo(m, err=True))
-    for scene in scenes:
-        target = out_dir
-        if out_dir is not None and len(scenes) > 1:
-            target = out_dir / f"{Path(scene).stem}_geoseg"
-        result = segment(
-            scene,
-            target,
-            model=model,
-            tile_size=tile_size,
-            overlap=overlap,
-            batch_size=batch_size,
-            device=device,
-            bands=parse_bands(bands),
-            overwrite=overwrite,
-            probabilities=probabilities,
-            vectorize=False if no_vector else None,
-            preview=False if no_preview else None,
-            min_area=min_area,
-            simplify=simplify,
-            allow_ungeoreferenced=allow_ungeoreferenced,
-            config=config_path,
-            progress=not quiet,
-            log=say,
-        )
+    options: dict[str, Any] = {
+        "tile_size": tile_size,
+        "overlap": overlap,
+        "batch_size": batch_size,
+        "device": device,
+        "bands": parse_bands(bands),
+        "overwrite": overwrite,
+        "probabilities": probabilities,
+        "vectorize": False if no_vector else None,
+        "preview": False if no_preview else None,
+        "min_area": min_area,
+        "simplify": simplify,
+        "allow_ungeoreferenced": allow_ungeoreferenced,
+        "config": config_path,
+        "tta": tta,
+        "resume": resume,
+    }
+    targets = [
+        out_dir / f"{Path(s).stem}_geoseg" if out_dir is not None and len(paths) > 1 else out_dir
+        for s in paths
+    ]
+    if out_dir is not None and len(paths) > 1:
+        out_dir.mkdir(parents=True, exist_ok=True)  # it holds one folder per scene
+    cluster: dict[str, Any] = {"scheduler": dask_scheduler, "n_workers": workers}
+    on_cluster = workers is not None or dask_scheduler is not None
+    t_start = time.perf_counter()
+    if on_cluster and len(paths) > 1:
+        outcomes = segment_many(paths, targets, model=model, log=say, **cluster, **options)
+        click.echo(summary_table(outcomes, time.perf_counter() - t_start))
+        failed = [o for o in outcomes if not o.ok]
+        if failed:
+            raise GeosegError(f"{len(failed)} of {len(outcomes)} scene(s) failed (see the table)")
+        return
+    outcomes = []
+    for scene, target in zip(paths, targets, strict=True):
+        if resume and _finished_before(scene, target):
+            say(f"geoseg: {target or scene} was completed before; skipping it")
+            continue
+        t0 = time.perf_counter()
+        common = {"model": model, "progress": not quiet, "log": say, **options}
+        if on_cluster:
+            result = segment_distributed(scene, target, **cluster, **common)
+        else:
+            result = segment(scene, target, **common)
+        outcomes.append(SceneOutcome(scene, result, None, time.perf_counter() - t0))
         if not quiet:
             click.echo(result.summary())
         else:
             click.echo(str(result.out_dir))
+    if len(outcomes) > 1 and not quiet:
+        click.echo(summary_table(outcomes, time.perf_counter() - t_start))
+
+
+def _finished_before(scene: Any, target: Path | None) -> bool:
+    """Whether the output of ``scene`` exists and no interrupted run is waiting to be resumed."""
+    from geoseg.journal import partial_dir
+    from geoseg.pipeline import default_out_dir
+
+    out = target if target is not None else default_out_dir(scene)
+    return out.is_dir() and not partial_dir(out).exists()
+
+
+def expand_scenes(args: Sequence[str]) -> list[str]:
+    """Scene arguments to paths: globs are expanded, ``@list.txt`` is read (one path a line).
+
+    Lines of a list that are blank or start with ``#`` are skipped; relative paths in a list are
+    relative to the list's folder. Arguments that are neither (URLs, GDAL paths) pass unchanged.
+    """
+    import glob
+
+    scenes: list[str] = []
+    for arg in args:
+        if arg.startswith("@"):
+            listing = Path(arg[1:])
+            if not listing.is_file():
+                raise click.BadParameter(
+                    f"scene list {listing} does not exist", param_hint="SCENES"
+                )
+            for line in listing.read_text(encoding="utf-8").splitlines():
+                entry = line.strip()
+                if entry and not entry.startswith("#"):
+                    is_local = "://" not in entry and not entry.startswith("/vsi")
+                    path = Path(entry)
+                    relative = is_local and not path.is_absolute()
+                    scenes.append(str(listing.parent / path) if relative else entry)
+        elif glob.has_magic(arg) and "://" not in arg and not Path(arg).exists():
+            matches = sorted(glob.glob(arg))
+            if not matches:
+                raise click.BadParameter(f"no file matches {arg!r}", param_hint="SCENES")
+            scenes.extend(matches)
+        else:
+            scenes.append(arg)
+    if not scenes:
+        raise click.BadParameter("the scene list is empty", param_hint="SCENES")
+    return scenes
 
 
 @main.command()
@@ -187,3 +306,147 @@ def info(target: str) -> None:
 
     with open_raster(target) as ds:
         click.echo(scene_info(ds).summary())
+
+
+@main.command()
+@click.argument("config", type=click.Path(path_type=Path))
+@click.option("--max-steps", type=int, help="Override training.max_steps.")
+@click.option("--stop-after", type=int,
+              help="Stop at this step, keeping the full LR schedule (resume later to continue).")
+@click.option("--no-resume", is_flag=True, help="Start afresh even if OUTPUT_DIR has last.ckpt.")
+@click.option("--export", "export_path", type=click.Path(path_type=Path),
+              help="Where to write the geoseg checkpoint (default: the config's 'export').")
+@handle_errors
+def train(config: Path, max_steps: int | None, stop_after: int | None, no_resume: bool,
+          export_path: Path | None) -> None:  # fmt: skip
+    """Train a segmentation model as CONFIG.yaml describes (see configs/train_default.yaml)."""
+    from geoseg.train import train as run_training
+
+    result = run_training(config, resume=not no_resume, max_steps=max_steps,
+                          stop_after=stop_after, export=export_path)  # fmt: skip
+    click.echo(f"best checkpoint: {result.best_checkpoint}")
+    if result.exported is not None:
+        click.echo(f"exported model:  {result.exported}")
+    if result.metrics:
+        click.echo(f"held-out mIoU {result.metrics['miou']:.4f}, "
+                   f"pixel accuracy {result.metrics['pixel_accuracy']:.4f}")  # fmt: skip
+
+
+@main.command()
+@click.argument("pairs", nargs=-1, required=True, type=click.Path(path_type=str))
+@click.option("-m", "--model", type=click.Path(path_type=str),
+              help="Checkpoint (default: shipped model).")
+@click.option("--label-config", type=click.Path(path_type=Path),
+              help="Training config whose classes describe the label encoding (mask colours).")
+@click.option("--class-field", help="Class column of vector labels.")
+@click.option("--tile-size", type=int, help="Tile edge in pixels (default: the model's).")
+@click.option("--overlap", type=int, help="Pixels shared by neighbouring tiles.")
+@click.option("--batch-size", type=int, help="Tiles per forward pass.")
+@click.option("--device", help="auto, cpu, cuda or cuda:N (default auto).")
+@click.option("--bands", help="1-based bands to feed the model, e.g. 1,2,3.")
+@click.option("--json", "json_path", type=click.Path(path_type=Path), help="Write metrics as JSON.")
+@click.option("--plot", "plot_dir", type=click.Path(path_type=Path), is_flag=False,
+              flag_value=Path("evaluation"), default=None,
+              help="Save confusion-matrix and image/label/prediction PNGs in DIR "
+                   "(default ./evaluation).")
+@click.option("-q", "--quiet", is_flag=True, help="Print the table only.")
+@handle_errors
+def evaluate(pairs: tuple[str, ...], model: str | None, label_config: Path | None,
+             class_field: str | None, tile_size: int | None, overlap: int | None,
+             batch_size: int | None, device: str | None, bands: str | None,
+             json_path: Path | None, plot_dir: Path | None, quiet: bool) -> None:  # fmt: skip
+    """Score a model on IMAGE LABELS [IMAGE LABELS ...] through the real pipeline.
+
+    LABELS is an integer label raster, a colour mask, or vector polygons (with --class-field).
+    """
+    if len(pairs) % 2:
+        raise click.UsageError("give IMAGE LABELS pairs (an even number of paths)")
+    from geoseg.evaluate import evaluate as run_evaluation
+
+    say = (lambda _m: None) if quiet else (lambda m: click.echo(m, err=True))
+    result = run_evaluation(
+        model, pairs[0::2], pairs[1::2], label_config=label_config, class_field=class_field,
+        tile_size=tile_size, overlap=overlap, batch_size=batch_size, device=device,
+        bands=parse_bands(bands), json_path=json_path, plot_dir=plot_dir, log=say,
+    )  # fmt: skip
+    click.echo(result.table())
+    for path in result.plots:
+        say(f"saved {path}")
+
+
+@main.command()
+@click.argument("classes_tif", type=click.Path(path_type=Path))
+@click.option(
+    "-o",
+    "--out",
+    "out_path",
+    type=click.Path(path_type=Path),
+    required=True,
+    help="GeoPackage to write (.gpkg).",
+)
+@click.option(
+    "--classes",
+    "classes_yaml",
+    type=click.Path(path_type=Path),
+    help="YAML class table [{id: 0, name: building, color: '#3c1098'}, ...] "
+    "(default: the raster's class_names tag and colour table).",
+)
+@click.option(
+    "--min-area",
+    type=float,
+    default=0.0,
+    show_default=True,
+    help="Absorb regions smaller than this (m²) into their largest neighbour first.",
+)
+@click.option(
+    "--simplify",
+    type=float,
+    default=0.0,
+    show_default=True,
+    help="Coverage simplification tolerance in metres (shared borders simplified once).",
+)
+@click.option("--smooth", is_flag=True, help="Chamfer the pixel staircase (coverage stays valid).")
+@click.option(
+    "--connectivity",
+    type=click.Choice(["4", "8"]),
+    default="4",
+    show_default=True,
+    help="Pixel connectivity of regions.",
+)
+@click.option(
+    "--block-size",
+    type=click.IntRange(min=2),
+    default=2048,
+    show_default=True,
+    help="Block side in pixels; memory grows with it, not with the raster.",
+)
+@click.option(
+    "--workers",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="Processes polygonizing blocks in parallel.",
+)
+@click.option("--overwrite", is_flag=True, help="Replace an existing GeoPackage.")
+@click.option("-q", "--quiet", is_flag=True, help="Print nothing on success.")
+@handle_errors
+def vectorize(classes_tif: Path, out_path: Path, classes_yaml: Path | None, min_area: float,
+              simplify: float, smooth: bool, connectivity: str, block_size: int, workers: int,
+              overwrite: bool, quiet: bool) -> None:  # fmt: skip
+    """Vectorize a class raster (CLASSES_TIF) into a QGIS-styled GeoPackage.
+
+    Writes one polygon layer per class, a combined 'landcover' layer (class_id, class_name,
+    area_m2, perimeter_m) and a default QGIS style for every layer.
+    """
+    from geoseg.vectorize import load_class_table
+    from geoseg.vectorize import vectorize as run_vectorize
+
+    table = load_class_table(classes_yaml) if classes_yaml is not None else None
+    result = run_vectorize(
+        classes_tif, out_path, classes=table, min_area=min_area, simplify=simplify,
+        smooth=smooth, connectivity=int(connectivity), block_size=block_size, workers=workers,
+        overwrite=overwrite,
+    )  # fmt: skip
+    if not quiet:
+        layers = ", ".join(f"{name} {count}" for name, count in result.layers.items())
+        click.echo(f"wrote {result.path} ({result.timings['total']:.1f} s): {layers}")

@@ -20,6 +20,7 @@ T = TypeVar("T")
 
 DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("auto", "fp32", "fp16", "bf16")
+TTA_MODES = ("none", "flips", "d4")
 
 
 @dataclass(frozen=True)
@@ -27,18 +28,28 @@ class TilingConfig:
     """How the scene is cut into model inputs (pixels)."""
 
     tile_size: int | None = None  # None: the model card's training tile size
-    overlap: int = 64
+    overlap: int | None = None  # None: min(64, tile_size // 4)
 
     def __post_init__(self) -> None:
         if self.tile_size is not None and self.tile_size < 1:
             raise ConfigError(f"tiling.tile_size must be a positive integer, got {self.tile_size}")
-        if self.overlap < 0:
+        if self.overlap is not None and self.overlap < 0:
             raise ConfigError(f"tiling.overlap must be >= 0 pixels, got {self.overlap}")
-        if self.tile_size is not None and 2 * self.overlap > self.tile_size:
+        if (
+            self.tile_size is not None
+            and self.overlap is not None
+            and 2 * self.overlap > self.tile_size
+        ):
             raise ConfigError(
                 f"tiling.overlap ({self.overlap}) must be at most half the tile size "
                 f"({self.tile_size}); lower --overlap or raise --tile-size"
             )
+
+    def resolve(self, model_tile_size: int) -> tuple[int, int]:
+        """Tile size and overlap in pixels, filling defaults from the model's tile size."""
+        tile = self.tile_size or model_tile_size
+        overlap = self.overlap if self.overlap is not None else min(64, tile // 4)
+        return tile, overlap
 
 
 @dataclass(frozen=True)
@@ -50,8 +61,13 @@ class InferenceConfig:
     precision: str = "auto"  # auto: fp16 autocast on CUDA, fp32 on CPU
     read_threads: int = 2
     prefetch_batches: int = 2
+    tta: str = "none"  # none | flips (4 forward passes per tile) | d4 (8: flips and rotations)
 
     def __post_init__(self) -> None:
+        if self.tta not in TTA_MODES:
+            raise ConfigError(
+                f"inference.tta must be one of {', '.join(TTA_MODES)}, got {self.tta!r}"
+            )
         if self.batch_size < 1:
             raise ConfigError(f"inference.batch_size must be >= 1, got {self.batch_size}")
         if self.device not in DEVICES and not self.device.startswith("cuda:"):
@@ -83,9 +99,7 @@ class OutputConfig:
         if self.min_area < 0 or self.simplify < 0:
             raise ConfigError("output.min_area and output.simplify must be >= 0")
         if self.block_size < 16 or self.block_size % 16:
-            raise ConfigError(
-                f"output.block_size must be a multiple of 16, got {self.block_size}"
-            )
+            raise ConfigError(f"output.block_size must be a multiple of 16, got {self.block_size}")
 
 
 @dataclass(frozen=True)
@@ -130,7 +144,14 @@ def load_config(path: str | Path | None = None) -> RunConfig:
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except (yaml.YAMLError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"config file {path} is not valid YAML: {exc}") from exc
+        # PyYAML's own message spans several lines (it quotes the source); keep it to one
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ConfigError(
+            f"config file {path} is not valid YAML{where}: {problem}; fix the syntax there "
+            "(see configs/default.yaml)"
+        ) from exc
     if not isinstance(data, Mapping):
         raise ConfigError(f"config file {path} must hold a mapping of sections at the top level")
     return config_from_mapping(data, source=str(path))

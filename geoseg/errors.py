@@ -48,6 +48,14 @@ class OutputExistsError(OutputError, FileExistsError):
     """The output folder or file exists and overwriting was not asked for."""
 
 
+class ResumeError(GeosegError):
+    """An interrupted run cannot be resumed (other inputs or settings, damaged partial files)."""
+
+
+class InsufficientMemoryError(ConfigError, MemoryError):
+    """The settings would need more memory than the machine has; the message gives smaller ones."""
+
+
 class TrainingError(GeosegError):
     """Training data or training settings are unusable."""
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import queue
 import threading
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TypeVar
@@ -59,13 +59,50 @@ class TileBatch:
     inputs: np.ndarray  # (len(run), C, th, tw) float32, normalised, invalid pixels set to 0
 
 
+#: Test-time augmentations as ``(quarter turns, mirror left-right first)`` pairs. ``flips`` is the
+#: group of mirrors (identity, left-right, up-down = turn 2 of left-right, both = turn 2);
+#: ``d4`` adds the quarter turns: all 8 symmetries of the square.
+TTA_TRANSFORMS: dict[str, tuple[tuple[int, bool], ...]] = {
+    "none": ((0, False),),
+    "flips": ((0, False), (0, True), (2, True), (2, False)),
+    "d4": tuple((k, mirror) for mirror in (False, True) for k in range(4)),
+}
+
+
+def tta_forward(x: torch.Tensor, turns: int, mirror: bool) -> torch.Tensor:
+    """Apply one dihedral transform to the last two axes of ``(N, C, H, W)``."""
+    if mirror:
+        x = torch.flip(x, dims=(-1,))
+    return torch.rot90(x, turns, dims=(-2, -1)) if turns else x
+
+
+def tta_inverse(y: torch.Tensor, turns: int, mirror: bool) -> torch.Tensor:
+    """Undo :func:`tta_forward` on model outputs ``(N, K, H', W')``."""
+    if turns:
+        y = torch.rot90(y, -turns, dims=(-2, -1))
+    return torch.flip(y, dims=(-1,)) if mirror else y
+
+
 class Predictor:
-    """Runs a :class:`SegmentationModel` on batches of normalised tiles and returns probabilities."""
+    """Runs a :class:`SegmentationModel` on batches of normalised tiles and returns probabilities.
+
+    With test-time augmentation (``tta`` ``flips`` or ``d4``) each batch is also run transformed;
+    every output is transformed back and the softmax probabilities are averaged, so the cost is 4
+    or 8 forward passes per tile.
+    """
 
     def __init__(
-        self, model: SegmentationModel, device: str | None = "auto", precision: str = "auto"
+        self,
+        model: SegmentationModel,
+        device: str | None = "auto",
+        precision: str = "auto",
+        *,
+        tta: str = "none",
     ) -> None:
+        if tta not in TTA_TRANSFORMS:
+            raise ConfigError(f"unknown --tta {tta!r}; use one of {', '.join(TTA_TRANSFORMS)}")
         self.model = model
+        self.tta = tta
         self.device = resolve_device(device)
         self.amp_dtype = autocast_dtype(self.device, precision)
         self.module = model.module.to(self.device).eval()
@@ -75,11 +112,12 @@ class Predictor:
     @property
     def description(self) -> str:
         """Device and precision, as reported at the start of a run."""
+        tta = "" if self.tta == "none" else f", tta {self.tta} x{len(TTA_TRANSFORMS[self.tta])}"
         if self.device.type == "cuda":
             name = torch.cuda.get_device_name(self.device)
-            return f"{self.device} ({name}, {self.amp_dtype or 'fp32'})"
+            return f"{self.device} ({name}, {self.amp_dtype or 'fp32'}{tta})"
         reason = "" if torch.cuda.is_available() else ", no CUDA device found"
-        return f"cpu ({torch.get_num_threads()} threads{reason})"
+        return f"cpu ({torch.get_num_threads()} threads{reason}{tta})"
 
     @torch.inference_mode()
     def predict(self, inputs: np.ndarray) -> np.ndarray:
@@ -88,13 +126,24 @@ class Predictor:
         if self.device.type == "cuda":
             batch = batch.pin_memory().to(self.device, non_blocking=True)
             batch = batch.contiguous(memory_format=torch.channels_last)
+        transforms = TTA_TRANSFORMS[self.tta]
+        total: torch.Tensor | None = None
+        for turns, mirror in transforms:
+            view = tta_forward(batch, turns, mirror)
+            if self.device.type == "cuda":
+                view = view.contiguous(memory_format=torch.channels_last)
+            probs = tta_inverse(torch.softmax(self._forward(view).float(), dim=1), turns, mirror)
+            total = probs if total is None else total.add_(probs)
+        assert total is not None
+        if len(transforms) > 1:
+            total.div_(len(transforms))
+        return total.cpu().numpy()
+
+    def _forward(self, batch: torch.Tensor) -> torch.Tensor:
         if self.amp_dtype is not None:
             with torch.autocast(device_type=self.device.type, dtype=self.amp_dtype):
-                logits = self.module(batch)
-        else:
-            logits = self.module(batch)
-        probs = torch.softmax(logits.float(), dim=1)
-        return probs.cpu().numpy()
+                return self.module(batch)  # type: ignore[no-any-return]
+        return self.module(batch)  # type: ignore[no-any-return]
 
 
 class Normaliser:
@@ -131,7 +180,7 @@ def read_batches(
             yield TileBatch(chunk, valid, run, inputs)
 
 
-def prefetch(items: Iterable[T], depth: int = 2) -> Iterator[T]:
+def prefetch(items: Iterable[T], depth: int = 2) -> Generator[T, None, None]:
     """Iterate ``items`` in a background thread, keeping up to ``depth`` ready ahead.
 
     Exceptions raised while producing are re-raised in the consumer; closing the consumer stops

@@ -306,9 +306,12 @@ def load_model(
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types for corrupt pickles/zips
+        # torch's first sentence names the failure; the rest of its advice (weights_only=False)
+        # would run arbitrary code from an untrusted file
+        reason = str(exc).strip().splitlines()[0].split(". ")[0] if str(exc).strip() else ""
         raise ModelError(
             f"cannot read model checkpoint {path}: it is corrupt or not a torch checkpoint "
-            f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})"
+            f"({type(exc).__name__}: {reason}); download or export it again"
         ) from exc
     if not isinstance(payload, Mapping):
         raise ModelError(f"{path} is not a model checkpoint (it holds a {type(payload).__name__})")
@@ -333,9 +336,12 @@ def _load_state(module: torch.nn.Module, state: Mapping[str, Any], path: Path) -
     try:
         module.load_state_dict(converted, strict=True)
     except RuntimeError as exc:
+        # torch lists every mismatch on its own line after a header; the first one is enough
+        details = [line.strip() for line in str(exc).splitlines()[1:] if line.strip()]
+        first = details[0] if details else str(exc).splitlines()[0]
         raise ModelError(
-            f"weights in {path} do not fit the architecture its card describes: "
-            f"{str(exc).splitlines()[0]}"
+            f"weights in {path} do not fit the architecture its card describes ({first[:200]}); "
+            "the checkpoint was edited or saved from another network: export it again"
         ) from exc
 
 

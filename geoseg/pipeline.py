@@ -2,24 +2,32 @@
 
 from __future__ import annotations
 
+import dataclasses
+import errno
 import json
 import os
 import queue
-import shutil
 import threading
 import time
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
+from pathlib import Path, PurePosixPath
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from geoseg.config import RunConfig, load_config
+from geoseg.config import InferenceConfig, RunConfig, load_config
 from geoseg.errors import BandMismatchError, GeosegError, OutputError, OutputExistsError, UngeoreferencedWarning
-from geoseg.model import SegmentationModel, load_model
+from geoseg.model import ModelCard, SegmentationModel, load_model
+from geoseg.stitch import Band
+from geoseg.tiling import TileGrid
 from geoseg.types import ClassTable
+
+if TYPE_CHECKING:
+    from geoseg.inference import Predictor
+    from geoseg.journal import PartialRun
+    from geoseg.read import SceneInfo
 
 Log = Callable[[str], None]
 
@@ -91,9 +99,20 @@ class SegmentResult:
         }
 
 
-def default_out_dir(scene: str | Path) -> Path:
-    """``scene_geoseg/`` next to the scene."""
-    path = Path(str(scene))
+def default_out_dir(scene: str | Path | Sequence[str | Path]) -> Path:
+    """``<scene>_geoseg/`` next to a local scene; in the current folder for a URL or GDAL path.
+
+    A mosaic (a list of files) gets ``mosaic_geoseg/`` next to its first file.
+    """
+    from geoseg.journal import is_remote
+
+    if not isinstance(scene, str | Path):
+        return Path(str(next(iter(scene)))).parent / "mosaic_geoseg"
+    text = str(scene)
+    if is_remote(text):
+        name = PurePosixPath(text.split("?", 1)[0].rstrip("/")).stem or "scene"
+        return Path.cwd() / f"{name}_geoseg"
+    path = Path(text)
     return path.with_name(f"{path.stem}_geoseg")
 
 
@@ -111,20 +130,21 @@ def resolve_config(
     preview: bool | None = None,
     min_area: float | None = None,
     simplify: float | None = None,
+    tta: str | None = None,
 ) -> RunConfig:
     """Merge a config (object or YAML path) with explicit keyword overrides."""
     cfg = config if isinstance(config, RunConfig) else load_config(config)
     return cfg.replace(
         top={"model": str(model) if isinstance(model, str | Path) else None, "bands": bands},
         tiling={"tile_size": tile_size, "overlap": overlap},
-        inference={"batch_size": batch_size, "device": device},
+        inference={"batch_size": batch_size, "device": device, "tta": tta},
         output={"probabilities": probabilities, "vectorize": vectorize, "preview": preview,
                 "min_area": min_area, "simplify": simplify},  # fmt: skip
     )
 
 
 def segment(
-    scene: str | Path,
+    scene: str | Path | Sequence[str | Path],
     out_dir: str | Path | None = None,
     *,
     model: str | Path | SegmentationModel | None = None,
@@ -143,6 +163,9 @@ def segment(
     config: RunConfig | str | Path | None = None,
     progress: bool = False,
     log: Log | None = None,
+    tta: str | None = None,
+    engine: Engine | None = None,
+    resume: bool = False,
 ) -> SegmentResult:
     """Segment a raster scene into land-cover classes and write georeferenced outputs.
 
@@ -150,9 +173,12 @@ def segment(
     optionally ``probabilities.tif``, ``preview.png`` and ``classes.gpkg`` into ``out_dir``
     (default: ``<scene>_geoseg/`` next to the scene). Everything is written into a temporary
     folder that is renamed when complete; an existing ``out_dir`` is refused unless ``overwrite``.
+    That folder, ``.<out_dir name>.partial``, keeps a journal of the rows already written: an
+    interrupted run (Ctrl-C, a kill, a crash) continues from there with ``resume=True``.
 
     Args:
-        scene: path (or GDAL path/URL) of the input raster.
+        scene: path (or GDAL path/URL such as ``/vsicurl/...``, ``s3://...``) of the input
+            raster, or a list of paths that form one mosaic (see :mod:`geoseg.mosaic`).
         out_dir: output folder.
         model: checkpoint path, a loaded :class:`SegmentationModel`, or ``None`` for the default.
         tile_size: tile edge in pixels (default: the model's training tile size).
@@ -165,11 +191,16 @@ def segment(
         vectorize: also write the GeoPackage.
         preview: also write ``preview.png``.
         min_area: vectorizing: regions smaller than this (m²) merge into their neighbours.
-        simplify: vectorizing: coverage simplification tolerance (map units).
+        simplify: vectorizing: coverage simplification tolerance (metres).
         allow_ungeoreferenced: accept rasters without CRS/geotransform (pixel coordinates).
         config: a :class:`RunConfig` or YAML path; keyword arguments override it.
         progress: show a progress bar.
         log: where to send status lines (default: nowhere).
+        tta: test-time augmentation: ``none``, ``flips`` (4 passes) or ``d4`` (8 passes).
+        engine: what turns tiles into bands (default :func:`local_engine`; see
+            :func:`geoseg.distributed.segment_distributed` for the dask engine).
+        resume: continue the interrupted run into ``out_dir`` (same scene, model and settings,
+            else :class:`~geoseg.errors.ResumeError`); without it a stale partial run is replaced.
     """
     import rasterio
 
@@ -180,15 +211,23 @@ def segment(
     cfg = resolve_config(
         config, model=model, tile_size=tile_size, overlap=overlap, batch_size=batch_size,
         device=device, bands=bands, probabilities=probabilities, vectorize=vectorize,
-        preview=preview, min_area=min_area, simplify=simplify,
+        preview=preview, min_area=min_area, simplify=simplify, tta=tta,
     )  # fmt: skip
 
-    with readmod.open_raster(scene) as ds:
-        info = readmod.scene_info(ds)
+    from geoseg import mosaic
+
+    vrt_xml: str | None = None
+    if mosaic.is_mosaic(scene):
+        members = mosaic.list_members(scene)
+        vrt_xml, info = mosaic.build_vrt(members)
+    else:
+        members = [str(scene)]
+        with readmod.open_raster(str(scene)) as ds:
+            info = readmod.scene_info(ds)
     readmod.validate_scene(info, allow_ungeoreferenced=allow_ungeoreferenced)
     if not info.georeferenced:
         warnings.warn(
-            f"{scene} has no georeferencing; outputs carry pixel coordinates",
+            f"{info.path} has no georeferencing; outputs carry pixel coordinates",
             UngeoreferencedWarning,
             stacklevel=2,
         )
@@ -197,7 +236,10 @@ def segment(
         raise OutputExistsError(f"{target} exists; pass --overwrite to replace it or -o another folder")
     parent = target.parent if str(target.parent) else Path(".")
     if not parent.is_dir():
-        raise OutputError(f"cannot write {target}: folder {parent} does not exist")
+        raise OutputError(
+            f"cannot write {target}: folder {parent} does not exist; create it or pass -o with "
+            "an existing folder"
+        )
     if not os.access(parent, os.W_OK):
         raise OutputError(f"cannot write {target}: folder {parent} is not writable; pass -o DIR")
 
@@ -206,25 +248,98 @@ def segment(
     if info.dtype != card.dtype:
         raise BandMismatchError(
             f"the model expects {card.dtype} pixels but {info.path} holds {info.dtype}; convert the "
-            f"scene (e.g. gdal_translate -ot {card.dtype.capitalize()} -scale) or pass another --model"
+            f"scene (e.g. gdal_translate -ot {readmod.GDAL_TYPE_NAMES.get(card.dtype, card.dtype)} "
+            "-scale) or pass another --model"
         )
     chosen = readmod.select_bands(info, card.bands, cfg.bands)
 
-    tmp_dir = parent / f".{target.name}.tmp-{os.getpid()}"
-    if tmp_dir.exists():
-        shutil.rmtree(tmp_dir)
-    tmp_dir.mkdir()
+    partial = _open_partial(target, info, members, seg_model, chosen, cfg, resume=resume, say=say)
+    tmp_dir = partial.path
     try:
+        source: str | Path = str(scene)
+        if vrt_xml is not None:
+            source = mosaic.write_vrt(vrt_xml, tmp_dir / "mosaic.vrt")
         with rasterio.Env(GDAL_CACHEMAX=256 * 1024 * 1024, GDAL_NUM_THREADS="ALL_CPUS"):
-            result = _run(scene, info, seg_model, chosen, cfg, tmp_dir, target, progress, say)
-        from geoseg.write import rename_into_place
-
-        rename_into_place(tmp_dir, target, overwrite=overwrite)
-    except BaseException:
-        shutil.rmtree(tmp_dir, ignore_errors=True)
+            result = _run(
+                source, info, seg_model, chosen, cfg, tmp_dir, target, progress, say, engine,
+                partial,
+            )  # fmt: skip
+        partial.finish(overwrite=overwrite)
+    except KeyboardInterrupt:
+        partial.keep()  # for --resume; the journal says what is done
+        raise
+    except BaseException as exc:
+        partial.discard()
+        if isinstance(exc, OSError) and not isinstance(exc, GeosegError):
+            if exc.errno in _WRITE_ERRNOS:
+                raise OutputError(
+                    f"cannot write the outputs of {target}: {exc.strerror} ({exc.filename}); "
+                    "free some space or pass -o with another folder"
+                ) from exc
         raise
     result.timings["total"] = time.perf_counter() - t_start
-    return _moved(result, tmp_dir, target)
+    moved = _moved(result, tmp_dir, target)
+    if vrt_xml is not None:
+        moved = dataclasses.replace(moved, scene=str(target / "mosaic.vrt"))
+    return moved
+
+
+#: errno values that mean "the outputs cannot be written here" rather than a bug.
+_WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS, errno.EFBIG}
+
+
+def _open_partial(
+    target: Path,
+    info: SceneInfo,
+    members: Sequence[str],
+    seg_model: SegmentationModel,
+    chosen: tuple[int, ...],
+    cfg: RunConfig,
+    *,
+    resume: bool,
+    say: Log,
+) -> PartialRun:
+    """Check that the run fits in memory, then open its partial folder (fresh or resumed).
+
+    The journal's fingerprint holds everything that changes output pixels, so that a resumed run
+    is refused unless it would write exactly what the interrupted one would have.
+    """
+    from geoseg.inference import autocast_dtype, resolve_device
+    from geoseg.journal import PartialRun, model_fingerprint, scene_fingerprint
+    from geoseg.memory import check_memory
+    from geoseg.tiling import make_grid
+    from geoseg.write import suggested_block
+
+    card = seg_model.card
+    inf = cfg.inference
+    tile_size, overlap = cfg.tiling.resolve(card.tile_size)
+    grid = make_grid(info.height, info.width, tile_size, overlap, multiple=card.output_stride)
+    device = resolve_device(inf.device)
+    block = suggested_block(info.width, info.height, cfg.output.block_size)
+    check_memory(
+        tile_height=grid.rows.size, tile_width=grid.cols.size, bands=len(chosen),
+        classes=card.num_classes, batch_size=min(inf.batch_size, len(grid)),
+        scene_width=info.width, block_size=block, multiple=card.output_stride,
+        prefetch_batches=inf.prefetch_batches, probabilities=cfg.output.probabilities,
+        device=str(device),
+    )  # fmt: skip
+    unrelated = {"device", "precision", "read_threads", "prefetch_batches"}
+    settings = {
+        "tile_size": [grid.rows.size, grid.cols.size],
+        "overlap": overlap,
+        "bands": list(chosen),
+        "device": device.type,
+        "precision": str(autocast_dtype(device, inf.precision) or "fp32"),
+        "probabilities": cfg.output.probabilities,
+        "block_size": block,
+        **{k: v for k, v in dataclasses.asdict(inf).items() if k not in unrelated},
+    }
+    fingerprint = {
+        "scene": scene_fingerprint(info, members),
+        "model": model_fingerprint(seg_model),
+        "settings": settings,
+    }
+    return PartialRun.open(target, fingerprint, resume=resume, log=say)
 
 
 def _moved(result: SegmentResult, tmp_dir: Path, target: Path) -> SegmentResult:
@@ -274,6 +389,13 @@ class _Sink:
         if self._error is not None:
             raise self._error
 
+    def cancel(self) -> None:
+        """Stop the thread without applying ``fn`` to what is still queued (error paths)."""
+        if self._error is None:
+            self._error = GeosegError("cancelled")
+        self._q.put(None)
+        self._thread.join()
+
 
 def _run(
     scene: str | Path,
@@ -285,30 +407,27 @@ def _run(
     target: Path,
     progress: bool,
     say: Log,
+    engine: Engine | None = None,
+    partial: PartialRun | None = None,
 ) -> SegmentResult:
     from rasterio.enums import Resampling
 
-    from geoseg.inference import Normaliser, Predictor, prefetch, read_batches
-    from geoseg.read import TileReader
-    from geoseg.stitch import NODATA_CLASS, NODATA_CONFIDENCE, NODATA_PROBABILITY, Band, Stitcher
+    from geoseg.stitch import NODATA_CLASS, NODATA_CONFIDENCE, NODATA_PROBABILITY
     from geoseg.tiling import make_grid
     from geoseg.write import RasterWriter, class_tags, suggested_block, write_preview
 
     card = seg_model.card
     timings: dict[str, float] = {}
-    tile_size = cfg.tiling.tile_size or card.tile_size
-    grid = make_grid(
-        info.height, info.width, tile_size, cfg.tiling.overlap, multiple=card.output_stride
-    )
-    predictor = Predictor(seg_model, cfg.inference.device, cfg.inference.precision)
+    tile_size, overlap = cfg.tiling.resolve(card.tile_size)
+    grid = make_grid(info.height, info.width, tile_size, overlap, multiple=card.output_stride)
     say(
-        f"geoseg: device {predictor.description}; model {card.name} ({card.arch}/{card.encoder}); "
-        f"{info.width}x{info.height} px, bands {list(chosen)}, {len(grid)} tiles of "
-        f"{grid.rows.size}x{grid.cols.size} px"
+        f"geoseg: model {card.name} ({card.arch}/{card.encoder}); {info.width}x{info.height} px, "
+        f"bands {list(chosen)}, {len(grid)} tiles of {grid.rows.size}x{grid.cols.size} px"
     )
     block = suggested_block(info.width, info.height, cfg.output.block_size)
+    rows_done = partial.rows_done if partial is not None else 0
     common = {"width": info.width, "height": info.height, "crs": info.crs,
-              "transform": info.transform, "block": block}  # fmt: skip
+              "transform": info.transform, "block": block, "resume_rows": rows_done}  # fmt: skip
     writers: dict[str, RasterWriter] = {
         "classes": RasterWriter(
             tmp_dir / "classes.tif", count=1, nodata=NODATA_CLASS, colormap=card.classes.colormap(),
@@ -326,54 +445,45 @@ def _run(
             descriptions=[f"p({c.name}) x 254" for c in card.classes],
             resampling=Resampling.average, **common,
         )  # fmt: skip
-    stitcher = Stitcher(grid, card.num_classes, probabilities=cfg.output.probabilities)
-    stitch_time = [0.0]
-
-    def stitch_and_write(item: tuple[Any, np.ndarray | None]) -> None:
-        batch, probs = item
-        t0 = time.perf_counter()
-        for i, tile in enumerate(batch.tiles):
-            p = probs[batch.run.index(i)] if i in batch.run and probs is not None else None
-            valid = batch.valid[i] if p is not None else None
-            for band in stitcher.add(tile, p, valid):
-                _write_band(writers, band)
-        stitch_time[0] += time.perf_counter() - t0
-
-    skipped = 0
-    infer_time = 0.0
+    # a resumed run restarts at the tile row whose band holds the first row not yet written
+    first_row = grid.rows.band_of(rows_done) if rows_done < info.height else len(grid.rows.starts)
+    job = TileJob(
+        str(scene), chosen, grid, card, cfg.inference, cfg.output.probabilities, first_row
+    )
     from tqdm import tqdm
 
     bar = tqdm(total=len(grid), unit="tile", disable=not progress, dynamic_ncols=True)
-    reader = TileReader(scene, chosen)
-    normalise = Normaliser(card.mean, card.std)
+    bar.update(first_row * len(grid.cols.starts))
     try:
-        sink = _Sink(stitch_and_write)
-        batches = read_batches(
-            list(grid), reader.read, normalise, cfg.inference.batch_size, cfg.inference.read_threads
-        )
-        for batch in prefetch(batches, cfg.inference.prefetch_batches):
-            probs = None
-            if batch.run:
-                t0 = time.perf_counter()
-                probs = predictor.predict(batch.inputs)
-                infer_time += time.perf_counter() - t0
-            skipped += len(batch.tiles) - len(batch.run)
-            sink.put((batch, probs))
-            bar.update(len(batch.tiles))
-        sink.close()
-        bar.close()
-        timings["inference"] = infer_time
-        timings["stitch_write"] = stitch_time[0]
         t0 = time.perf_counter()
+        if first_row < len(grid.rows.starts):
+            on_band = _resumable_sink(writers, partial, rows_done)
+            stats = (engine or local_engine)(job, seg_model, on_band, bar.update, say)
+        else:
+            stats = EngineStats(device="none (every row was written before the interruption)")
+        timings["tiles"] = time.perf_counter() - t0
+        bar.close()
+        timings["inference"] = stats.inference
+        timings["stitch_write"] = stats.stitch
+        t0 = time.perf_counter()
+        if partial is not None:
+            partial.checkpoint(writers.values(), final=True)
         paths = {name: w.close() for name, w in writers.items()}
         timings["cog"] = time.perf_counter() - t0
+        from geoseg.qgis import write_raster_style  # QGIS opens classes.tif with classes.qml
+
+        write_raster_style(paths["classes"], card.classes)
+    except KeyboardInterrupt:
+        bar.close()
+        if partial is not None:
+            partial.suspend(writers.values())
+        raise
     except BaseException:
         bar.close()
         for w in writers.values():
             w.abort()
         raise
-    finally:
-        reader.close()
+    skipped = stats.tiles_skipped
     if skipped == len(grid):
         say("geoseg: every tile is nodata; outputs hold nodata only")
 
@@ -386,18 +496,163 @@ def _run(
 
     (tmp_dir / "run.json").write_text(
         json.dumps({"model": card.to_dict() | {"metrics": dict(card.metrics)},
-                    "settings": {"tile_size": grid.rows.size, "overlap": cfg.tiling.overlap,
-                                 "bands": list(chosen), "device": str(predictor.device)}},
+                    "settings": {"tile_size": grid.rows.size, "overlap": overlap,
+                                 "bands": list(chosen), "device": stats.device}},
                    indent=2, default=str)  # fmt: skip
     )
     return SegmentResult(
         scene=str(scene), out_dir=tmp_dir, classes_path=paths["classes"],
         confidence_path=paths["confidence"], probabilities_path=paths.get("probabilities"),
         preview_path=preview_path, vector_path=vector_path, classes=card.classes,
-        device=str(predictor.device), bands=chosen, tile_size=max(grid.rows.size, grid.cols.size),
-        overlap=cfg.tiling.overlap, tiles_total=len(grid), tiles_skipped=skipped,
+        device=stats.device, bands=chosen, tile_size=max(grid.rows.size, grid.cols.size),
+        overlap=overlap, tiles_total=len(grid), tiles_skipped=skipped,
         width=info.width, height=info.height, timings=timings,
     )  # fmt: skip
+
+
+@dataclass(frozen=True)
+class TileJob:
+    """What an engine needs to turn tile rows of one scene into finished bands; picklable."""
+
+    scene: str
+    bands: tuple[int, ...]
+    grid: TileGrid
+    card: ModelCard
+    inference: InferenceConfig
+    probabilities: bool
+    first_row: int = 0  # tile rows above it are already written (a resumed run)
+
+
+@dataclass
+class EngineStats:
+    """What an engine did: the device it ran on, tile counts and the seconds spent per step."""
+
+    device: str
+    tiles_run: int = 0  # forward passes over tiles, halo rows included
+    tiles_skipped: int = 0  # tiles of the requested rows that held no valid pixel
+    inference: float = 0.0  # seconds in the model's forward passes
+    stitch: float = 0.0  # seconds blending tiles and handing bands on (a background thread)
+
+    def merge(self, other: EngineStats) -> None:
+        """Add the counts and seconds of another (e.g. a block's) to these."""
+        self.tiles_run += other.tiles_run
+        self.tiles_skipped += other.tiles_skipped
+        self.inference += other.inference
+        self.stitch += other.stitch
+
+
+BandSink = Callable[[Band], None]
+Progress = Callable[[int], object]
+#: ``engine(job, model, sink, progress, log)`` turns a job into bands handed in row order to sink.
+Engine = Callable[[TileJob, SegmentationModel, BandSink, Progress, Log], EngineStats]
+
+
+def run_tile_rows(
+    job: TileJob,
+    predictor: Predictor,
+    on_band: BandSink,
+    *,
+    rows: range | None = None,
+    on_tiles: Progress | None = None,
+) -> EngineStats:
+    """Read, infer and stitch the tile rows ``rows`` (default: all) of a scene.
+
+    The one tile loop of geoseg, shared by the local and the dask engine. Tiles are read and
+    normalised on background threads and stitched on another, so the calling thread only runs the
+    model. ``on_band`` receives the finished bands of ``rows`` in row order, on the stitching
+    thread. When ``rows`` starts below the first tile row, the tile row above it is inferred as
+    a halo so that the bands are identical to those of a whole-scene run.
+    """
+    from geoseg.inference import Normaliser, prefetch, read_batches
+    from geoseg.read import TileReader
+    from geoseg.stitch import Stitcher
+
+    grid = job.grid
+    rows = rows if rows is not None else range(len(grid.rows.starts))
+    stitcher = Stitcher(
+        grid, job.card.num_classes, probabilities=job.probabilities, first_row=rows.start
+    )
+    ncols = len(grid.cols.starts)
+    first, stop = stitcher.halo_row * ncols, rows.stop * ncols
+    # Batches hold exactly the tiles they hold in a whole-scene run, because some models' outputs
+    # change in the last bits with the batch (oneDNN picks other kernels for a batch of one);
+    # the extra tiles this reads at either end are inferred and dropped.
+    size = job.inference.batch_size
+    tiles = list(grid)[first - first % size : min(-(-stop // size) * size, len(grid))]
+    stats = EngineStats(device=str(predictor.device))
+
+    def stitch(item: tuple[Any, np.ndarray | None]) -> None:
+        batch, probs = item
+        t0 = time.perf_counter()
+        for i, tile in enumerate(batch.tiles):
+            if not first <= tile.index < stop:
+                continue
+            p = probs[batch.run.index(i)] if i in batch.run and probs is not None else None
+            valid = batch.valid[i] if p is not None else None
+            for band in stitcher.add(tile, p, valid):
+                on_band(band)
+        stats.stitch += time.perf_counter() - t0
+
+    reader = TileReader(job.scene, job.bands)
+    normalise = Normaliser(job.card.mean, job.card.std)
+    inf = job.inference
+    try:
+        sink = _Sink(stitch)
+        try:
+            batches = read_batches(tiles, reader.read, normalise, inf.batch_size, inf.read_threads)
+            stream = prefetch(batches, inf.prefetch_batches)
+            for batch in stream:
+                probs = None
+                if batch.run:
+                    t0 = time.perf_counter()
+                    probs = predictor.predict(batch.inputs)
+                    stats.inference += time.perf_counter() - t0
+                stats.tiles_run += len(batch.run)
+                in_rows = [rows.start <= t.row < rows.stop for t in batch.tiles]
+                stats.tiles_skipped += sum(
+                    1 for i, inside in enumerate(in_rows) if inside and i not in batch.run
+                )
+                sink.put((batch, probs))
+                if on_tiles is not None:
+                    on_tiles(sum(in_rows))
+        except BaseException:
+            stream.close()  # stops the reading threads before their datasets are closed
+            sink.cancel()
+            raise
+        sink.close()
+    finally:
+        reader.close()
+    return stats
+
+
+def local_engine(
+    job: TileJob, model: SegmentationModel, on_band: BandSink, on_tiles: Progress, say: Log
+) -> EngineStats:
+    """Run every tile row of ``job`` in this process (the default engine)."""
+    from geoseg.inference import Predictor
+
+    inf = job.inference
+    predictor = Predictor(model, inf.device, inf.precision, tta=inf.tta)
+    say(f"geoseg: device {predictor.description}")
+    rows = range(job.first_row, len(job.grid.rows.starts))
+    return run_tile_rows(job, predictor, on_band, rows=rows, on_tiles=on_tiles)
+
+
+def _resumable_sink(
+    writers: dict[str, Any], partial: PartialRun | None, rows_done: int
+) -> BandSink:
+    """Write bands, skipping rows a resumed run already has, and journal each durable block row."""
+
+    def write(band: Band) -> None:
+        if band.row_off + band.height <= rows_done:
+            return
+        if band.row_off < rows_done:
+            band = band.rows_from(rows_done)
+        _write_band(writers, band)
+        if partial is not None:
+            partial.checkpoint(writers.values())
+
+    return write
 
 
 def _write_band(writers: dict[str, Any], band: Any) -> None:

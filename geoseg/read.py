@@ -31,6 +31,11 @@ from geoseg.errors import (
 from geoseg.types import PixelWindow
 
 SUPPORTED_DTYPES = ("uint8", "uint16", "int16", "uint32", "int32", "float32", "float64")
+#: numpy dtype names as GDAL spells them (``gdal_translate -ot``, VRT ``dataType``).
+GDAL_TYPE_NAMES = {
+    "uint8": "Byte", "int8": "Int8", "uint16": "UInt16", "int16": "Int16", "uint32": "UInt32",
+    "int32": "Int32", "float32": "Float32", "float64": "Float64",
+}  # fmt: skip
 
 #: Names a band may go by, mapped to the canonical name used in model cards.
 _BAND_ALIASES = {
@@ -107,6 +112,11 @@ def open_raster(path: str | Path) -> Any:
             raise SceneNotFoundError(f"{p} does not exist; check the path")
         if p.is_dir():
             raise InputError(f"{p} is a directory; pass a raster file (e.g. a GeoTIFF) inside it")
+        if p.stat().st_size == 0:
+            raise NotARasterError(
+                f"{p} is empty (0 bytes), so its download or export did not finish; "
+                "create or download it again"
+            )
     try:
         return rasterio.open(_gdal_path(text))
     except RasterioIOError as exc:
@@ -147,14 +157,17 @@ def validate_scene(info: SceneInfo, *, allow_ungeoreferenced: bool = False) -> N
     """Refuse scenes geoseg cannot segment, saying what to do instead."""
     if info.width < 2 or info.height < 2:
         raise InputError(
-            f"{info.path} is {info.width} x {info.height} pixels; a scene needs at least 2 x 2"
+            f"{info.path} is {info.width} x {info.height} pixels; a scene needs at least 2 x 2. "
+            "Check that it is the scene you meant (a 1-pixel raster is often a failed export or "
+            "a too-small crop) and export a larger area"
         )
     if info.dtype not in SUPPORTED_DTYPES:
         raise InputError(
-            f"{info.path} has data type {info.dtype}; supported: {', '.join(SUPPORTED_DTYPES)}"
+            f"{info.path} has data type {info.dtype}; supported: {', '.join(SUPPORTED_DTYPES)}. "
+            "Convert it first, e.g. gdal_translate -ot Float32"
         )
     if not info.georeferenced and not allow_ungeoreferenced:
-        missing = "a CRS" if not info.crs else "a geotransform"
+        missing = "CRS" if not info.crs else "geotransform"
         raise MissingGeoreferenceError(
             f"{info.path} has no {missing}; outputs could not be placed on a map. Fix the file "
             "(e.g. gdal_edit.py -a_srs / -a_ullr) or pass --allow-ungeoreferenced to work in "
@@ -263,9 +276,12 @@ class TileReader:
             raw = ds.read(self.bands, window=rw)
             masks = ds.read_masks(self.bands, window=rw)
         except RasterioIOError as exc:
+            # rasterio's own message says "see previous exception"; GDAL's reason is the cause
+            reason = str(exc.__cause__ or exc).strip().splitlines()[0]
             raise InputError(
                 f"reading {self.path} failed at rows {inside.row_off}..{inside.row_end}, cols "
-                f"{inside.col_off}..{inside.col_end}: the file is truncated or corrupt ({exc})"
+                f"{inside.col_off}..{inside.col_end}: the file is truncated or corrupt ({reason}); "
+                "download or export it again (gdalinfo -checksum shows whether it reads through)"
             ) from exc
         ok = np.all(masks > 0, axis=0)
         if self.is_float:

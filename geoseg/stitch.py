@@ -79,29 +79,56 @@ class Band:
         """Number of rows."""
         return int(self.classes.shape[0])
 
+    def rows_from(self, row: int) -> Band:
+        """The rows of this band from output row ``row`` on (those above are already written)."""
+        cut = row - self.row_off
+        probs = None if self.probabilities is None else self.probabilities[:, cut:]
+        return Band(row, self.classes[cut:], self.confidence[cut:], probs)
+
 
 class Stitcher:
-    """Accepts per-tile probabilities in raster order and yields finished :class:`Band` s."""
+    """Accepts per-tile probabilities in raster order and yields finished :class:`Band` s.
 
-    def __init__(self, grid: TileGrid, num_classes: int, *, probabilities: bool = False) -> None:
+    ``first_row`` starts the stitcher part-way down the scene (a block of a distributed run, or a
+    resumed run): tiles must then begin with tile row ``first_row - 1``, whose predictions only
+    rebuild the blended band carried into ``first_row`` and yield nothing. One such halo row is
+    enough because the carry into a tile row never reaches back past the previous one, so the
+    bands from ``first_row`` on are bit-identical to those of a run started at row 0.
+    """
+
+    def __init__(
+        self, grid: TileGrid, num_classes: int, *, probabilities: bool = False, first_row: int = 0
+    ) -> None:
+        if not 0 <= first_row < len(grid.rows.starts):
+            raise ValueError(
+                f"first_row {first_row} is outside tile rows 0..{len(grid.rows.starts) - 1}"
+            )
         self.grid = grid
         self.k = num_classes
         self.keep_probabilities = probabilities
-        self._next = 0
+        self.first_row = first_row
+        self._next = self.halo_row * len(grid.cols.starts)
         self._wy = [axis_weights(grid.rows, i) for i in range(len(grid.rows.starts))]
         self._wx = [axis_weights(grid.cols, i) for i in range(len(grid.cols.starts))]
         self._carry: np.ndarray | None = None  # (K + 2, rows, W): sums, weight, valid count
         self._right: np.ndarray | None = None  # (K + 2, tile-row height, overlap)
         self._band: Band | None = None
 
+    @property
+    def halo_row(self) -> int:
+        """The tile row the stitcher expects first (``first_row - 1``, or 0)."""
+        return max(self.first_row - 1, 0)
+
     def add(self, tile: Tile, probs: np.ndarray | None, valid: np.ndarray | None) -> Iterator[Band]:
         """Blend one tile; yields the band of rows it completes (at most one).
 
         ``probs`` is (K, th, tw) float32 class probabilities over the tile's read window and
-        ``valid`` its (th, tw) validity mask; both ``None`` for a tile that was skipped (all nodata).
+        ``valid`` its (th, tw) validity mask; both ``None`` for a skipped (all nodata) tile.
         """
         if tile.index != self._next:
-            raise ValueError(f"tiles must arrive in raster order: expected {self._next}, got {tile.index}")
+            raise ValueError(
+                f"tiles must arrive in raster order: expected {self._next}, got {tile.index}"
+            )
         self._next += 1
         rows, cols = self.grid.rows, self.grid.cols
         r, c = tile.row, tile.col
@@ -109,7 +136,8 @@ class Stitcher:
         row_top, row_fin, row_end = rows.blend_starts[r], rows.final_until(r), rows.end(r)
         col_left, col_fin, col_end = cols.blend_starts[c], cols.final_until(c), cols.end(c)
         h, k = row_end - row_top, self.k
-        if c == 0:
+        priming = r < self.first_row
+        if c == 0 and not priming:
             self._band = self._new_band(row_top, row_fin - row_top, width)
         buf = np.zeros((k + 2, h, col_end - col_left), dtype=np.float32)
         if self._right is not None:
@@ -127,7 +155,8 @@ class Stitcher:
         if self._carry is not None:
             done[:, : self._carry.shape[1]] += self._carry[:, :, col_left:col_fin]
         n_final = row_fin - row_top
-        self._finish(done[:, :n_final], col_left)
+        if not priming:
+            self._finish(done[:, :n_final], col_left)
         if r + 1 < len(rows.starts):
             if c == 0:
                 self._carry_next = np.zeros((k + 2, row_end - row_fin, width), dtype=np.float32)
@@ -135,8 +164,9 @@ class Stitcher:
         if c + 1 == len(cols.starts):
             self._carry = self._carry_next if r + 1 < len(rows.starts) else None
             band, self._band = self._band, None
-            assert band is not None
-            yield band
+            if not priming:
+                assert band is not None
+                yield band
 
     def _new_band(self, row_off: int, height: int, width: int) -> Band:
         probs = None

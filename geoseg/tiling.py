@@ -10,6 +10,7 @@ stride.
 
 from __future__ import annotations
 
+import bisect
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -45,6 +46,10 @@ class AxisLayout:
     def final_until(self, i: int) -> int:
         """Pixels before this index are complete after tile ``i``."""
         return self.blend_starts[i + 1] if i + 1 < len(self.starts) else self.length
+
+    def band_of(self, pixel: int) -> int:
+        """The tile whose finished band ``[blend_starts[i], final_until(i))`` holds ``pixel``."""
+        return bisect.bisect_right(self.blend_starts, pixel) - 1
 
     def blend_overlap(self, i: int) -> int:
         """Width of the blended band shared with the previous tile (0 for the first tile)."""

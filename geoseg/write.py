@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -20,7 +21,7 @@ import rasterio
 import rasterio.shutil
 from rasterio.enums import Resampling
 
-from geoseg.errors import OutputError
+from geoseg.errors import OutputError, ResumeError
 from geoseg.types import ClassTable
 
 
@@ -38,6 +39,11 @@ class RasterWriter:
     """Stream row bands of a ``count``-band uint8 raster on the input's grid into a COG.
 
     ``write(row_off, data)`` takes ``(count, h, width)`` arrays in increasing, gap-free row order.
+
+    For resumable runs, :meth:`checkpoint` makes the block rows written so far durable, and a
+    writer made with ``resume_rows=N`` re-opens the partial file of an interrupted run, keeps its
+    first ``N`` rows and expects the next write at row ``N``. When ``N`` is the full height and
+    the COG was already copied into place, the writer has nothing left to do.
     """
 
     def __init__(
@@ -56,6 +62,7 @@ class RasterWriter:
         tags: Mapping[str, str] | None = None,
         band_tags: Mapping[str, str] | None = None,
         resampling: Resampling = Resampling.nearest,
+        resume_rows: int = 0,
     ) -> None:
         self.path = Path(path)
         self.width, self.height, self.count, self.block = width, height, count, block
@@ -64,6 +71,10 @@ class RasterWriter:
         self._rows_written = 0
         self._pending: list[np.ndarray] = []
         self._pending_rows = 0
+        self._complete = False
+        if resume_rows:
+            self._resume(resume_rows)
+            return
         profile: dict[str, Any] = {
             "driver": "GTiff",
             "width": width,
@@ -76,17 +87,22 @@ class RasterWriter:
             "tiled": True,
             "blockxsize": block,
             "blockysize": block,
-            "compress": "deflate",
-            "zlevel": 1,
+            # LZW: a file re-opened for update at a checkpoint forgets deflate's ZLEVEL and falls
+            # back to level 6, 4-40x slower on class maps; LZW has no level to forget (the COG
+            # made at the end is deflate-compressed all the same)
+            "compress": "lzw",
             "BIGTIFF": "IF_SAFER",
+            # blocks not yet written cost nothing and read back as nodata, so closing a partial
+            # file at a checkpoint does not fill the rest of it
+            "SPARSE_OK": True,
         }
         if count > 1:
             profile["photometric"] = "MINISBLACK"
             profile["interleave"] = "band"
         try:
-            self._ds = rasterio.open(self._tmp, "w", **profile)
-        except rasterio.errors.RasterioIOError as exc:
-            raise OutputError(f"cannot create {self._tmp}: {exc}; check the output folder") from exc
+            self._ds: Any = rasterio.open(self._tmp, "w", **profile)
+        except Exception as exc:  # RasterioIOError, or GDAL's CPLE_* errors
+            raise write_failed(self._tmp, exc) from exc
         if colormap is not None:
             self._ds.write_colormap(1, dict(colormap))
         for i, text in enumerate(descriptions or (), start=1):
@@ -95,6 +111,68 @@ class RasterWriter:
             self._ds.update_tags(**tags)
         if band_tags:
             self._ds.update_tags(1, **band_tags)
+
+    def _resume(self, rows: int) -> None:
+        """Re-open the partial file of an interrupted run, whose first ``rows`` rows are durable."""
+        rows = min(rows, self.height)
+        if rows == self.height and not self._tmp.exists() and self.path.exists():
+            self._complete, self._ds, self._rows_written = True, None, rows
+            return
+        again = "run again without --resume to start over"
+        # Any failure to open or read it back means the file is damaged; in update mode GDAL's
+        # errors surface as rasterio's private CPLE_* classes, not as RasterioIOError.
+        try:
+            ds = rasterio.open(self._tmp, "r+")
+        except Exception as exc:
+            raise ResumeError(f"partial file {self._tmp} is missing or damaged; {again}") from exc
+        try:
+            if (ds.width, ds.height, ds.count) != (self.width, self.height, self.count):
+                raise ResumeError(f"partial file {self._tmp} has another shape; {again}")
+            # the last block row the journal vouches for must read back
+            last = max(0, rows - self.block)
+            ds.read(window=rasterio.windows.Window(0, last, self.width, rows - last))
+        except ResumeError:
+            ds.close()
+            raise
+        except Exception as exc:
+            ds.close()
+            raise ResumeError(f"partial file {self._tmp} is damaged ({exc}); {again}") from exc
+        self._ds = ds
+        self._rows_written = rows
+
+    @property
+    def rows_flushed(self) -> int:
+        """Rows ``[0, rows_flushed)`` are in the file (durable after :meth:`checkpoint`)."""
+        return self._rows_written
+
+    def checkpoint(self) -> None:
+        """Make the rows flushed so far durable, then keep writing.
+
+        GDAL writes a GeoTIFF's directory (where its blocks are) only when the file is closed,
+        so a killed process leaves blocks nobody can find; closing, syncing and re-opening for
+        update makes the file readable as it stands. Rows short of a block row stay queued.
+        """
+        if self._complete:
+            return
+        self.suspend()
+        try:
+            self._ds = rasterio.open(self._tmp, "r+")
+        except Exception as exc:  # RasterioIOError, or a CPLE_* error in update mode
+            raise write_failed(self._tmp, exc) from exc
+
+    def suspend(self) -> None:
+        """Close the partial file durably and keep it (an interrupted run, resumed later)."""
+        if self._ds is not None and not self._ds.closed:
+            try:
+                self._ds.close()
+            except Exception as exc:  # GDAL writes the TIFF directory now: the disk may be full
+                raise write_failed(self._tmp, exc) from exc
+        if self._tmp.exists():
+            fd = os.open(self._tmp, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
 
     def write(self, row_off: int, data: np.ndarray) -> None:
         """Queue rows ``[row_off, row_off + h)``; whole block rows are written as they fill."""
@@ -115,16 +193,26 @@ class RasterWriter:
         window = rasterio.windows.Window(0, self._rows_written, self.width, nrows)
         try:
             self._ds.write(head, window=window)
-        except rasterio.errors.RasterioIOError as exc:
-            raise OutputError(f"writing {self._tmp} failed: {exc} (is the disk full?)") from exc
+        except Exception as exc:  # RasterioIOError, or GDAL's CPLE_* errors
+            raise write_failed(self._tmp, exc) from exc
         self._rows_written += nrows
         self._pending = [rest] if rest.shape[1] else []
         self._pending_rows = rest.shape[1]
 
-    def close(self) -> Path:
-        """Flush, build overviews and copy into COG layout at ``path``; returns ``path``."""
+    def flush(self) -> None:
+        """Write the queued rows too (at the end: the scene's last, partial block row)."""
         if self._pending_rows:
             self._flush(self._pending_rows)
+
+    def close(self) -> Path:
+        """Flush, build overviews and copy into COG layout at ``path``; returns ``path``.
+
+        The partial file is removed once the copy is complete; an interruption (Ctrl-C) during
+        the copy leaves it for a resumed run to copy again.
+        """
+        if self._complete:
+            return self.path
+        self.flush()
         if self._rows_written != self.height:
             self.abort()
             raise ValueError(f"only {self._rows_written} of {self.height} rows were written")
@@ -146,20 +234,42 @@ class RasterWriter:
                 options["PHOTOMETRIC"] = "MINISBLACK"
                 options["INTERLEAVE"] = "BAND"
             rasterio.shutil.copy(self._tmp, self.path, driver="GTiff", **options)
-        except rasterio.errors.RasterioIOError as exc:
+        except Exception as exc:  # RasterioIOError, or GDAL's CPLE_* errors (seen on a full disk)
             self.abort()
-            raise OutputError(f"writing {self.path} failed: {exc} (is the disk full?)") from exc
-        finally:
-            if self._tmp.exists():
-                self._tmp.unlink()
+            self.path.unlink(missing_ok=True)
+            raise write_failed(self.path, exc) from exc
+        self._tmp.unlink()
+        self._complete = True
         return self.path
 
     def abort(self) -> None:
         """Close and delete the temporary file."""
-        if not self._ds.closed:
+        if self._ds is not None and not self._ds.closed:
             self._ds.close()
         if self._tmp.exists():
             self._tmp.unlink()
+
+
+#: Below this many free bytes, a failed write is blamed on a full disk.
+LOW_DISK_BYTES = 64 * 1024 * 1024
+
+
+def write_failed(path: Path, exc: BaseException) -> OutputError:
+    """The error for a failed write of ``path``, saying whether its disk is (nearly) full."""
+    text = str(exc).strip()
+    reason = text.splitlines()[0] if text else type(exc).__name__
+    try:
+        free: int | None = shutil.disk_usage(path.parent).free
+    except OSError:
+        free = None
+    if free is not None and free < LOW_DISK_BYTES:
+        hint = (
+            f"the disk holding {path.parent} is full ({free // 1024} kB free); free some space "
+            "or pass -o with a folder on another disk"
+        )
+    else:
+        hint = "check that the output folder is writable and its disk not full, or pass -o"
+    return OutputError(f"writing {path} failed ({reason}); {hint}")
 
 
 def class_tags(classes: ClassTable) -> dict[str, str]:

@@ -198,3 +198,33 @@ def tiny_checkpoint(tmp_path: Path) -> Path:
         arch_kwargs={"decoder_channels": [32, 16, 16, 8, 8]},
     )
     return save_checkpoint(build_model(card), tmp_path / "tiny.pt", half=True)
+
+
+def small_smp_checkpoint(
+    path: Path, *, bands: int = 3, dtype: str = "uint8", tile_size: int = 32, seed: int = 0
+) -> Path:
+    """A very small smp U-Net (tu-resnet10t, 3 stages, ~0.4 M weights) saved as a checkpoint.
+
+    Fast enough for tests that start ``geoseg run`` in a subprocess or many times over.
+    """
+    import torch
+
+    from geoseg.model import ModelCard, build_model, save_checkpoint
+    from geoseg.types import ClassTable
+
+    names = ("red", "green", "blue", "nir")[:bands] if bands <= 4 else ()
+    centre, spread = (120.0, 60.0) if dtype == "uint8" else (0.0, 1.0)
+    torch.manual_seed(seed)
+    card = ModelCard(
+        arch="unet",
+        encoder="tu-resnet10t",
+        bands=names or tuple(f"band_{i + 1}" for i in range(bands)),
+        mean=(centre,) * bands,
+        std=(spread,) * bands,
+        classes=ClassTable.default(4),
+        dtype=dtype,
+        tile_size=tile_size,
+        name="small-resnet10t",
+        arch_kwargs={"encoder_depth": 3, "decoder_channels": [16, 8, 8]},
+    )
+    return save_checkpoint(build_model(card), path)

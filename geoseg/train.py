@@ -1,0 +1,683 @@
+"""Training segmentation models from a YAML config: torchgeo's task on Lightning, geoseg export.
+
+``train(config)`` loads the labelled data once into memory, splits it by whole group (tile or
+scene), computes per-band normalisation and class weights from the training side, trains a
+:class:`GeosegSegmentationTask` (torchgeo's ``SemanticSegmentationTask`` with any smp
+architecture, an AdamW + one-cycle/cosine schedule and whole-image validation), keeps the best
+checkpoint by validation mIoU, and exports it as a geoseg checkpoint that ``geoseg run --model``
+(or, as the shipped default, ``geoseg run``) reads. ``python -m geoseg.train CONFIG`` runs it.
+
+The config (see ``configs/train_default.yaml``)::
+
+    name: geoseg-landcover-dubai
+    output_dir: runs/dubai            # Lightning checkpoints, metrics.csv, train.log
+    export: model.pt                  # the geoseg checkpoint written at the end
+    classes: [{name, color, mask_color | value}, ...]
+    data: {source: folders | rasters, ..., val_groups: [...], ignore: [...], band_names: [...]}
+    model: {arch, encoder, arch_kwargs, tile_size}
+    training: {crop, batch_size, max_steps, steps_per_epoch, lr, ...}
+    card: {data_source, licence, description}
+
+Relative paths are resolved against the config file's folder.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import re
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import numpy.typing as npt
+
+from geoseg import metrics as seg_metrics
+from geoseg import train_data
+from geoseg.errors import ConfigError, TrainingError
+from geoseg.model import ModelCard, SegmentationModel, canonical_arch, create_module
+from geoseg.train_config import TrainConfig, load_config
+
+__all__ = ["TrainConfig", "TrainResult", "export_checkpoint", "load_config", "load_data", "train"]
+
+if TYPE_CHECKING:
+    import torch
+
+log = logging.getLogger("geoseg.train")
+
+
+def load_data(cfg: TrainConfig) -> list[train_data.LabelledImage]:
+    """Every labelled image the config names, in memory."""
+    ignore = list(cfg.data.ignore)
+    encoding = train_data.encoding_from_classes(cfg.class_entries, cfg.classes, ignore)
+    if cfg.data.source == "folders":
+        assert cfg.data.root is not None
+        return train_data.load_folder_pairs(
+            cfg.data.root, cfg.data.images, cfg.data.masks, encoding, bands=cfg.data.bands
+        )
+    return [
+        train_data.load_raster_scene(
+            Path(s["image"]),
+            Path(s["labels"]),
+            encoding,
+            class_field=s.get("class_field"),
+            bands=cfg.data.bands,
+        )
+        for s in cfg.data.scenes
+    ]
+
+
+def _task_class() -> Any:
+    """The Lightning task class (built lazily so importing geoseg.train stays cheap)."""
+    import torch
+    from torchgeo.trainers import SemanticSegmentationTask
+
+    class GeosegSegmentationTask(SemanticSegmentationTask):
+        """torchgeo's segmentation task with any smp architecture and whole-image validation.
+
+        Validation accumulates one confusion matrix over all held-out images and logs
+        ``val_miou`` (which checkpointing and early stopping monitor) and ``val_accuracy``
+        (pixel accuracy). ``geoseg_card`` travels in the hyper-parameters so the Lightning
+        checkpoint alone is loadable by :func:`geoseg.model.load_model`.
+        """
+
+        monitor = "val_miou"
+        mode = "max"
+
+        def __init__(
+            self,
+            *,
+            arch: str = "unet",
+            backbone: str = "resnet18",
+            arch_kwargs: Mapping[str, Any] | None = None,
+            in_channels: int = 3,
+            num_classes: int = 2,
+            loss: str = "ce",
+            class_weights: Sequence[float] | None = None,
+            ignore_index: int | None = train_data.IGNORE_INDEX,
+            lr: float = 1e-3,
+            weight_decay: float = 1e-4,
+            scheduler: str = "onecycle",
+            max_steps: int = 1000,
+            patience: int = 10,
+            geoseg_card: Mapping[str, Any] | None = None,
+        ) -> None:
+            # torchgeo's own 'model' switch knows only a few names; configure_models below
+            # builds any smp architecture through geoseg.model instead.
+            super().__init__(
+                model="unet",
+                backbone=backbone,
+                weights=None,
+                in_channels=in_channels,
+                task="multiclass",
+                num_classes=num_classes,
+                loss=loss,  # type: ignore[arg-type]  # validated against LOSSES
+                class_weights=list(class_weights) if class_weights is not None else None,
+                ignore_index=ignore_index,
+                lr=lr,
+                patience=patience,
+            )
+            self.hparams["model"] = canonical_arch(arch)
+            self._confusion: torch.Tensor | None = None
+
+        def configure_models(self) -> None:
+            hp = self.hparams
+            self.model = create_module(
+                hp["arch"],
+                hp["backbone"],
+                hp["in_channels"],
+                hp["num_classes"],
+                **dict(hp.get("arch_kwargs") or {}),
+            )
+
+        def configure_optimizers(self) -> Any:
+            hp = self.hparams
+            optimizer = torch.optim.AdamW(
+                self.parameters(), lr=hp["lr"], weight_decay=hp["weight_decay"]
+            )
+            if hp["scheduler"] == "plateau":
+                plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(
+                    optimizer, mode="max", patience=hp["patience"]
+                )
+                return {
+                    "optimizer": optimizer,
+                    "lr_scheduler": {"scheduler": plateau, "monitor": self.monitor},
+                }
+            total, kind = int(hp["max_steps"]), str(hp["scheduler"])
+            sched = torch.optim.lr_scheduler.LambdaLR(
+                optimizer, lambda step: lr_factor(step, total, kind)
+            )
+            return {
+                "optimizer": optimizer,
+                "lr_scheduler": {"scheduler": sched, "interval": "step"},
+            }
+
+        def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+            # The schedule is a function of (step, max_steps) rebuilt from the current config,
+            # so a run can be resumed with a longer or shorter max_steps: keep only the step.
+            states = checkpoint.get("lr_schedulers") or []
+            if self.hparams["scheduler"] != "plateau" and states:
+                step = int(states[0].get("last_epoch", checkpoint.get("global_step", 0)))
+                lr = float(self.hparams["lr"])
+                factor = lr_factor(step, int(self.hparams["max_steps"]), self.hparams["scheduler"])
+                checkpoint["lr_schedulers"] = [
+                    {
+                        "last_epoch": step,
+                        "_step_count": step + 1,
+                        "base_lrs": [lr],
+                        "_last_lr": [lr * factor],
+                        "lr_lambdas": [None],
+                    }
+                ]
+            super().on_load_checkpoint(checkpoint)
+
+        def on_validation_epoch_start(self) -> None:
+            k = int(self.hparams["num_classes"])
+            self._confusion = torch.zeros(k * k, dtype=torch.int64, device=self.device)
+
+        def validation_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
+            x, y = batch["image"], batch["mask"]
+            logits = self(x)
+            loss = self.criterion(logits, y)
+            self.log("val_loss", loss, batch_size=x.shape[0], on_epoch=True)
+            k = int(self.hparams["num_classes"])
+            pred = logits.argmax(dim=1)
+            valid = (y >= 0) & (y < k)
+            assert self._confusion is not None
+            self._confusion += torch.bincount(y[valid] * k + pred[valid], minlength=k * k)
+
+        def on_validation_epoch_end(self) -> None:
+            assert self._confusion is not None
+            k = int(self.hparams["num_classes"])
+            cm = self._confusion.reshape(k, k).cpu().numpy()
+            names = [f"class_{i}" for i in range(k)]
+            card = self.hparams.get("geoseg_card")
+            if isinstance(card, Mapping):
+                names = [c["name"] for c in card["classes"]]
+            summary = seg_metrics.summarize(cm, names)
+            miou = summary["miou"] or 0.0
+            self.log("val_miou", miou, prog_bar=True)
+            self.log("val_accuracy", summary["pixel_accuracy"] or 0.0)
+            if not self.trainer.sanity_checking:
+                per = ", ".join(
+                    f"{n} {v['iou']:.3f}" if v["iou"] is not None else f"{n} -"
+                    for n, v in summary["per_class"].items()
+                )
+                log.info(
+                    "validation step %d: mIoU %.4f  pixel accuracy %.4f  IoU: %s",
+                    self.global_step,
+                    miou,
+                    summary["pixel_accuracy"] or 0.0,
+                    per,
+                )
+
+    return GeosegSegmentationTask
+
+
+def lr_factor(step: int, total: int, kind: str) -> float:
+    """Learning-rate multiplier at ``step`` of ``total``.
+
+    ``onecycle``: linear warm-up from 0.1 to 1 over the first 10% of steps, then cosine decay to
+    0.01 (as ``torch.optim.lr_scheduler.OneCycleLR`` with ``div_factor=10``,
+    ``final_div_factor=100``). ``cosine``: cosine decay from 1 to 0.01. Past ``total`` the final
+    value holds.
+    """
+    total = max(total, 1)
+    step = min(max(step, 0), total)
+    floor = 0.01
+    warm = int(0.1 * total) if kind == "onecycle" else 0
+    if step < warm:
+        return 0.1 + 0.9 * step / warm
+    progress = (step - warm) / max(total - warm, 1)
+    return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def _progress_callback(every: int, total: int) -> Any:
+    from lightning.pytorch.callbacks import Callback
+
+    class StepLogger(Callback):
+        """One log line every ``every`` steps: loss, learning rate and seconds per step."""
+
+        def __init__(self) -> None:
+            self.t0 = time.perf_counter()
+            self.last_step = 0
+
+        def on_train_batch_end(
+            self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int
+        ) -> None:
+            step = int(trainer.global_step)
+            if step % every or step == self.last_step:
+                return
+            now = time.perf_counter()
+            per_step = (now - self.t0) / max(step - self.last_step, 1)
+            self.t0, self.last_step = now, step
+            loss = outputs["loss"].item() if isinstance(outputs, Mapping) else float(outputs)
+            lr = trainer.optimizers[0].param_groups[0]["lr"]
+            log.info("step %d/%d  loss %.4f  lr %.2e  %.2f s/step", step, total, loss, lr, per_step)
+
+    return StepLogger()
+
+
+def _configure_logging(log_path: Path) -> None:
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    formatter = logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S")
+    file_handler = logging.FileHandler(log_path)
+    file_handler.setFormatter(formatter)
+    for old in log.handlers:
+        old.close()
+    log.handlers = [file_handler]
+    log.setLevel(logging.INFO)
+    log.propagate = False
+    if sys.stderr.isatty():
+        stream = logging.StreamHandler()
+        stream.setFormatter(formatter)
+        log.addHandler(stream)
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """What a training run produced."""
+
+    best_checkpoint: Path
+    last_checkpoint: Path | None
+    exported: Path | None
+    metrics: Mapping[str, Any]
+    seconds: float
+    steps: int
+
+
+def train(
+    config: str | Path | Mapping[str, Any] | TrainConfig,
+    *,
+    resume: bool = True,
+    ckpt_path: str | Path | None = None,
+    max_steps: int | None = None,
+    stop_after: int | None = None,
+    export: str | Path | None = None,
+) -> TrainResult:
+    """Train a segmentation model as ``config`` describes and export the best one.
+
+    Args:
+        config: A YAML path, a mapping with the same content, or a :class:`TrainConfig`.
+        resume: Continue from ``output_dir/checkpoints/last.ckpt`` when it exists.
+        ckpt_path: A Lightning checkpoint to resume from (overrides ``resume``).
+        max_steps: Override ``training.max_steps`` (e.g. for a quick test).
+        stop_after: Stop at this step without shortening the learning-rate schedule, so that a
+            later call (resuming) continues the same run; for comparing candidates on equal
+            budgets before training the winner to the end.
+        export: Override where the geoseg checkpoint is written.
+
+    Returns:
+        Paths of the best and last Lightning checkpoints and of the exported geoseg checkpoint,
+        with the exported model's validation metrics on the held-out images.
+    """
+    import torch
+    from lightning.pytorch import Trainer, seed_everything
+    from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
+    from lightning.pytorch.loggers import CSVLogger
+    from torch.utils.data import DataLoader
+
+    cfg = config if isinstance(config, TrainConfig) else load_config(config)
+    if max_steps is not None:
+        cfg = dataclasses.replace(
+            cfg, training=dataclasses.replace(cfg.training, max_steps=max_steps)
+        )
+    if export is not None:
+        cfg = dataclasses.replace(cfg, export=Path(export))
+    tc = cfg.training
+    out = cfg.output_dir
+    out.mkdir(parents=True, exist_ok=True)
+    _configure_logging(out / "train.log")
+    if tc.threads:
+        torch.set_num_threads(tc.threads)
+    resume_from = _resume_path(ckpt_path, resume, out / "checkpoints" / "last.ckpt")
+    start_step = _checkpoint_step(resume_from) if resume_from else 0
+    # Offset by the step so that a resumed run draws new crops instead of replaying the first ones.
+    seed_everything(tc.seed + start_step, workers=True, verbose=False)
+    started = time.perf_counter()
+
+    items = load_data(cfg)
+    train_items, val_items = train_data.split_by_group(items, cfg.data.val_groups)
+    for side, chosen in (("train", train_items), ("val", val_items)):
+        for group, n, px in train_data.iter_groups(chosen):
+            log.info("%s: %s  %d images  %.2f Mpx", side, group, n, px / 1e6)
+    mean, std = train_data.band_statistics(train_items)
+    freq = train_data.class_frequencies(train_items, len(cfg.classes))
+    weights = _class_weights(tc.class_weights, freq, len(cfg.classes))
+    log.info("band mean %s std %s", _r(mean), _r(std))
+    log.info("class shares %s  loss weights %s", _r(list(freq)), _r(weights) if weights else None)
+
+    card = _card(cfg, items[0].image, mean, std, freq)
+    task_cls = _task_class()
+    task = task_cls(
+        arch=cfg.model.arch,
+        backbone=cfg.model.encoder,
+        arch_kwargs=dict(cfg.model.arch_kwargs),
+        in_channels=card.in_channels,
+        num_classes=card.num_classes,
+        loss=tc.loss,
+        class_weights=weights,
+        ignore_index=cfg.ignore_index,
+        lr=float(tc.lr),
+        weight_decay=float(tc.weight_decay),
+        scheduler=tc.scheduler,
+        max_steps=tc.max_steps,
+        patience=max(tc.early_stopping_patience // 2, 1),
+        geoseg_card=card.to_dict(),
+    )
+    stride = int(getattr(task.model.encoder, "output_stride", 32))
+    train_set = train_data.RandomCropDataset(
+        train_items,
+        tc.crop,
+        tc.steps_per_epoch * tc.batch_size,
+        mean,
+        std,
+        seed=tc.seed,
+        sampling=tc.sampling,
+    )
+    val_set = train_data.WholeImageDataset(val_items, mean, std, stride=stride)
+    train_loader: DataLoader[dict[str, torch.Tensor]] = DataLoader(
+        train_set,  # type: ignore[arg-type]
+        batch_size=tc.batch_size,
+        shuffle=False,
+        num_workers=tc.num_workers,
+        persistent_workers=tc.num_workers > 0,
+        drop_last=True,
+    )
+    val_loader: DataLoader[dict[str, torch.Tensor]] = DataLoader(
+        val_set,  # type: ignore[arg-type]
+        batch_size=1,
+        num_workers=0,
+    )
+
+    ckpt_dir = out / "checkpoints"
+    best_cb = ModelCheckpoint(
+        dirpath=ckpt_dir,
+        filename="best-{step}-{val_miou:.4f}",
+        monitor="val_miou",
+        mode="max",
+        save_top_k=1,
+    )
+    periodic_cb = ModelCheckpoint(
+        dirpath=ckpt_dir,
+        filename="last",
+        every_n_train_steps=tc.checkpoint_every_n_steps,
+        save_top_k=1,
+        enable_version_counter=False,
+    )
+    # Not strict: a run resumed or stopped between validations has no val_miou yet.
+    early_cb = EarlyStopping(
+        monitor="val_miou",
+        mode="max",
+        patience=tc.early_stopping_patience,
+        strict=False,
+        check_on_train_epoch_end=False,
+    )
+    trainer = Trainer(
+        accelerator=tc.accelerator,
+        devices=1,
+        precision=tc.precision,  # type: ignore[arg-type]
+        max_steps=min(stop_after or tc.max_steps, tc.max_steps),
+        max_epochs=-1,
+        callbacks=[
+            best_cb,
+            periodic_cb,
+            early_cb,
+            _progress_callback(tc.log_every_n_steps, tc.max_steps),
+        ],
+        logger=CSVLogger(out, name="logs"),
+        log_every_n_steps=tc.log_every_n_steps,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        default_root_dir=out,
+    )
+    if resume_from:
+        log.info("resuming from %s (step %d)", resume_from, start_step)
+    log.info(
+        "training %s/%s on %s: %d steps of %d x %d² crops",
+        cfg.model.arch,
+        cfg.model.encoder,
+        trainer.strategy.root_device,
+        tc.max_steps,
+        tc.batch_size,
+        tc.crop,
+    )
+    trainer.fit(
+        task, train_dataloaders=train_loader, val_dataloaders=val_loader, ckpt_path=resume_from
+    )
+
+    last = ckpt_dir / "last.ckpt"
+    trainer.save_checkpoint(last)  # the final step, so a longer run can resume from it
+    best = best_checkpoint(ckpt_dir) or last
+    if not best.exists():
+        raise TrainingError(f"training wrote no checkpoint into {ckpt_dir}")
+    seconds = time.perf_counter() - started
+    log.info("training done in %.0f s at step %d; best %s", seconds, trainer.global_step, best)
+    exported = None
+    result_metrics: Mapping[str, Any] = {}
+    if cfg.export is not None:
+        model, result_metrics = export_checkpoint(
+            best,
+            cfg.export,
+            val_items=val_items,
+            training_info={
+                "steps": int(trainer.global_step),
+                "seconds": round(seconds),
+                "device": str(trainer.strategy.root_device),
+                "torch_threads": torch.get_num_threads(),
+            },
+        )
+        exported = cfg.export
+    return TrainResult(
+        best,
+        last if last.exists() else None,
+        exported,
+        result_metrics,
+        seconds,
+        trainer.global_step,
+    )
+
+
+def _resume_path(ckpt_path: str | Path | None, resume: bool, last: Path) -> str | None:
+    if ckpt_path is not None:
+        if not Path(ckpt_path).is_file():
+            raise TrainingError(f"checkpoint to resume from {ckpt_path} does not exist")
+        return str(ckpt_path)
+    return str(last) if resume and last.is_file() else None
+
+
+def best_checkpoint(ckpt_dir: Path) -> Path | None:
+    """The ``best-step=N-val_miou=X.ckpt`` with the highest X in ``ckpt_dir`` (None if none).
+
+    Read from the file names rather than the callback's memory, which a resumed run restores
+    from a checkpoint written before its last validation.
+    """
+    scored = []
+    for path in ckpt_dir.glob("best-*.ckpt"):
+        match = re.search(r"val_miou=([0-9.]+?)(?:-v\d+)?\.ckpt$", path.name)
+        if match:
+            scored.append((float(match.group(1)), path.stat().st_mtime, path))
+    return max(scored)[2] if scored else None
+
+
+def _checkpoint_step(path: str) -> int:
+    import torch
+
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
+    except Exception as exc:  # torch raises many types for corrupt checkpoints
+        raise TrainingError(f"cannot read checkpoint {path} to resume from: {exc}") from exc
+    return int(payload.get("global_step", 0))
+
+
+def _class_weights(
+    setting: str | tuple[float, ...] | None, freq: npt.NDArray[np.float64], k: int
+) -> list[float] | None:
+    if setting is None:
+        return None
+    if setting == "auto":
+        return train_data.inverse_frequency_weights(freq)
+    assert isinstance(setting, tuple)
+    if len(setting) != k:
+        raise ConfigError(f"training.class_weights has {len(setting)} values for {k} classes")
+    return list(setting)
+
+
+def _card(
+    cfg: TrainConfig,
+    sample: npt.NDArray[Any],
+    mean: Sequence[float],
+    std: Sequence[float],
+    freq: npt.NDArray[np.float64],
+) -> ModelCard:
+    n = sample.shape[0]
+    names = cfg.data.band_names or tuple(f"band_{i + 1}" for i in range(n))
+    if len(names) != n:
+        raise ConfigError(f"data.band_names lists {len(names)} bands but the images have {n}")
+    module = create_module(
+        cfg.model.arch, cfg.model.encoder, n, len(cfg.classes), **dict(cfg.model.arch_kwargs)
+    )
+    stride = int(getattr(getattr(module, "encoder", None), "output_stride", 32))
+    if cfg.model.tile_size % stride:
+        raise ConfigError(f"model.tile_size {cfg.model.tile_size} must be a multiple of {stride}")
+    tc = cfg.training
+    return ModelCard(
+        arch=canonical_arch(cfg.model.arch),
+        encoder=cfg.model.encoder,
+        bands=tuple(names),
+        mean=tuple(mean),
+        std=tuple(std),
+        classes=cfg.classes,
+        name=cfg.name,
+        dtype=str(sample.dtype),
+        tile_size=cfg.model.tile_size,
+        output_stride=stride,
+        ignore_index=cfg.ignore_index,
+        arch_kwargs={
+            k: list(v) if isinstance(v, tuple) else v for k, v in cfg.model.arch_kwargs.items()
+        },
+        training={
+            "config": cfg.name,
+            "crop": tc.crop,
+            "sampling": tc.sampling,
+            "batch_size": tc.batch_size,
+            "loss": tc.loss,
+            "lr": tc.lr,
+            "scheduler": tc.scheduler,
+            "val_groups": list(cfg.data.val_groups),
+            "class_shares": [round(float(f), 4) for f in freq],
+        },
+        data_source=cfg.card.get("data_source", ""),
+        licence=cfg.card.get("licence", ""),
+        description=cfg.card.get("description", ""),
+    )
+
+
+def export_checkpoint(
+    lightning_ckpt: str | Path,
+    out_path: str | Path,
+    *,
+    val_items: Sequence[train_data.LabelledImage] = (),
+    training_info: Mapping[str, Any] | None = None,
+    half: bool = True,
+) -> tuple[SegmentationModel, dict[str, Any]]:
+    """Turn a Lightning checkpoint of this trainer into a geoseg checkpoint (float16 by default).
+
+    When ``val_items`` are given, the exported weights (after the float16 round trip) are scored
+    on them as whole images and the metrics go into the model card.
+    """
+    from geoseg.model import load_model, save_checkpoint
+
+    model = load_model(lightning_ckpt)
+    card = model.card
+    metrics: dict[str, Any] = {}
+    if val_items:
+        if half:
+            # Score what is shipped: weights rounded through float16, as load_model will see them.
+            state = {
+                k: v.half().float() if v.is_floating_point() else v
+                for k, v in model.module.state_dict().items()
+            }
+            model.module.load_state_dict(state)
+        cm = score_whole_images(model, val_items)
+        summary = seg_metrics.summarize(cm, card.classes.names)
+        metrics = {
+            "split": "whole held-out groups " + ", ".join(sorted({i.group for i in val_items})),
+            "miou": summary["miou"],
+            "pixel_accuracy": summary["pixel_accuracy"],
+            "mean_class_accuracy": summary["mean_class_accuracy"],
+            "iou": {n: v["iou"] for n, v in summary["per_class"].items()},
+        }
+        log.info("exported model on held-out images: %s", json.dumps(metrics))
+    training = dict(card.training)
+    training.update(training_info or {})
+    card = dataclasses.replace(card, metrics=metrics or dict(card.metrics), training=training)
+    model = SegmentationModel(model.module, card)
+    save_checkpoint(model, out_path, half=half)
+    return model, metrics
+
+
+def score_whole_images(
+    model: SegmentationModel, items: Sequence[train_data.LabelledImage]
+) -> npt.NDArray[np.int64]:
+    """Confusion matrix of ``model`` on whole images (each padded to the output stride)."""
+    import torch
+
+    card = model.card
+    k = card.num_classes
+    dataset = train_data.WholeImageDataset(items, card.mean, card.std, stride=card.output_stride)
+    cm = np.zeros((k, k), dtype=np.int64)
+    module = model.module.eval()
+    with torch.inference_mode():
+        for i in range(len(dataset)):
+            sample = dataset[i]
+            pred = module(sample["image"][None]).argmax(dim=1)[0].numpy()
+            cm += seg_metrics.confusion_matrix(sample["mask"].numpy(), pred, k)
+    return cm
+
+
+def _r(values: Sequence[float]) -> list[float]:
+    return [round(float(v), 4) for v in values]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m geoseg.train CONFIG [--max-steps N] [--stop-after N] [--no-resume]``."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m geoseg.train", description=main.__doc__)
+    parser.add_argument("config")
+    parser.add_argument("--max-steps", type=int, default=None)
+    parser.add_argument("--no-resume", action="store_true")
+    parser.add_argument("--stop-after", type=int, default=None)
+    parser.add_argument("--export", default=None)
+    args = parser.parse_args(argv)
+    result = train(
+        args.config,
+        resume=not args.no_resume,
+        max_steps=args.max_steps,
+        stop_after=args.stop_after,
+        export=args.export,
+    )
+    print(
+        json.dumps(
+            {
+                "best": str(result.best_checkpoint),
+                "exported": str(result.exported),
+                "metrics": result.metrics,
+                "seconds": round(result.seconds),
+            },
+            indent=1,
+        )
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,197 @@
+"""Training: config validation, data sources, and a few real steps round-tripped through segment."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import rasterio
+import yaml
+from PIL import Image
+
+import geoseg
+from geoseg import train_data
+from geoseg.errors import ConfigError, TrainingError
+from geoseg.model import load_model
+from geoseg.train import load_config, load_data, train
+from tests.conftest import DATA, write_raster
+
+ROOT = Path(__file__).resolve().parents[1]
+DUBAI = DATA / "dubai"
+
+
+def dubai_config(tmp_path: Path) -> dict[str, Any]:
+    """The shipped model's config, pointed at the small excerpt in tests/data/dubai."""
+    cfg: dict[str, Any] = yaml.safe_load((ROOT / "configs" / "train_default.yaml").read_text())
+    cfg["data"]["root"] = str(DUBAI)
+    cfg["output_dir"] = str(tmp_path / "run")
+    cfg["export"] = str(tmp_path / "model.pt")
+    cfg["model"]["tile_size"] = 256
+    cfg["training"].update(
+        crop=128,
+        batch_size=2,
+        max_steps=4,
+        steps_per_epoch=2,
+        checkpoint_every_n_steps=1,
+        log_every_n_steps=1,
+        threads=None,
+    )
+    return cfg
+
+
+def test_train_resume_export_and_segment_round_trip(tmp_path: Path) -> None:
+    cfg = dubai_config(tmp_path)
+    first = train(cfg, stop_after=2)
+    assert first.steps == 2 and first.exported is not None
+    second = train(cfg)  # resumes from last.ckpt and finishes the 4-step schedule
+    assert second.steps == 4
+    log = (tmp_path / "run" / "train.log").read_text()
+    assert "resuming from" in log and "validation step 4" in log
+
+    model = load_model(tmp_path / "model.pt")
+    card = model.card
+    assert card.classes.names == ["building", "land", "road", "vegetation", "water"]
+    assert card.bands == ("red", "green", "blue") and card.dtype == "uint8"
+    assert card.ignore_index == 255 and card.tile_size == 256
+    assert "public domain" in card.data_source
+    assert card.metrics["split"] == "whole held-out groups tile_2"
+    assert 0.0 <= card.metrics["miou"] <= 1.0
+    assert card.training["steps"] == 4
+    # band statistics come from the training images only (tiles 1 and 3), not the held-out one
+    items = load_data(load_config(cfg))
+    train_items = [i for i in items if i.group != "tile_2"]
+    mean, _ = train_data.band_statistics(train_items)
+    np.testing.assert_allclose(card.mean, mean, rtol=1e-6)
+
+    # the Lightning checkpoint alone loads too (it carries the card)
+    from_ckpt = load_model(second.best_checkpoint)
+    assert from_ckpt.card.classes == card.classes
+
+    image = DUBAI / "tile_2" / "images" / "image_part_007.jpg"
+    with pytest.warns(Warning):
+        result = geoseg.segment(
+            image,
+            tmp_path / "out",
+            model=tmp_path / "model.pt",
+            allow_ungeoreferenced=True,
+            vectorize=False,
+        )
+    with rasterio.open(result.classes_path) as ds:
+        classes = ds.read(1)
+        assert ds.colormap(1)[0][:3] == card.classes.by_id(0).color
+    assert classes.shape == (544, 509)
+    assert set(np.unique(classes)) <= {0, 1, 2, 3, 4}
+
+
+def test_config_errors_name_the_key(tmp_path: Path) -> None:
+    base = dubai_config(tmp_path)
+    cases = [
+        (("training", "lr_max"), 1.0, r"training\.lr_max"),
+        (("training", "loss"), "hinge", "training.loss"),
+        (("training", "batch_size"), 0, "training.batch_size"),
+        (("data", "source"), "s3", "data.source"),
+        (("data", "val_groups"), [], "data.val_groups"),
+        (("model", "decoder"), "x", r"model\.decoder"),
+    ]
+    for (section, key), value, message in cases:
+        cfg = copy.deepcopy(base)
+        cfg[section][key] = value
+        with pytest.raises(ConfigError, match=message):
+            load_config(cfg)
+    cfg = copy.deepcopy(base)
+    del cfg["data"]["root"]
+    with pytest.raises(ConfigError, match="data.root"):
+        load_config(cfg)
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(tmp_path / "missing.yaml")
+
+
+def test_split_is_by_whole_group_and_unknown_groups_are_refused(tmp_path: Path) -> None:
+    cfg = load_config(dubai_config(tmp_path))
+    items = load_data(cfg)
+    assert {i.group for i in items} == {"tile_1", "tile_2", "tile_3"}
+    train_items, val_items = train_data.split_by_group(items, ["tile_2"])
+    assert {i.group for i in val_items} == {"tile_2"}
+    assert "tile_2" not in {i.group for i in train_items}
+    with pytest.raises(TrainingError, match="tile_9"):
+        train_data.split_by_group(items, ["tile_9"])
+    with pytest.raises(TrainingError, match="at least one for training"):
+        train_data.split_by_group(items, ["tile_1", "tile_2", "tile_3"])
+
+
+def test_colour_masks_map_to_ids_and_unknown_colours_fail(tmp_path: Path) -> None:
+    cfg = load_config(dubai_config(tmp_path))
+    items = {i.name: i for i in load_data(cfg)}
+    label = items["tile_3/images/image_part_003.jpg"].label
+    raw = np.asarray(Image.open(DUBAI / "tile_3" / "masks" / "image_part_003.png").convert("RGB"))
+    land = np.all(raw == (132, 41, 246), axis=-1)
+    water = np.all(raw == (226, 169, 41), axis=-1)
+    assert np.all(label[land] == 1) and np.all(label[water] == 4)
+    encoding = train_data.encoding_from_classes(cfg.class_entries, cfg.classes, [])
+    odd = np.zeros((10, 10, 3), dtype=np.uint8)
+    odd[:5] = (1, 2, 3)
+    with pytest.raises(TrainingError, match="#010203"):
+        train_data.encode_labels(odd, encoding, "odd.png")
+
+
+def test_rasters_with_label_raster_and_vector_labels(tmp_path: Path) -> None:
+    import geopandas as gpd
+    from shapely.geometry import box
+
+    rng = np.random.default_rng(0)
+    image_a = write_raster(tmp_path / "a.tif", rng.integers(0, 255, (3, 40, 60), dtype=np.uint8))
+    labels_a = np.zeros((1, 40, 60), dtype=np.uint8)
+    labels_a[0, :, 30:] = 2
+    labels_a[0, :5] = 9  # listed in data.ignore
+    labels_a[0, 5:8] = 200  # the label raster's nodata
+    label_path = write_raster(tmp_path / "a_labels.tif", labels_a, nodata=200)
+    image_b = write_raster(tmp_path / "b.tif", rng.integers(0, 255, (3, 40, 60), dtype=np.uint8))
+    with rasterio.open(image_b) as ds:
+        left, bottom, right, top = ds.bounds
+        crs = ds.crs
+    frame = gpd.GeoDataFrame(
+        {"kind": ["water", "crop"]},
+        geometry=[box(left, bottom, left + 200.0, top), box(left + 300.0, bottom, right, top)],
+        crs=crs,
+    ).to_crs("EPSG:4326")  # reprojected back onto the image grid when rasterized
+    vec = tmp_path / "b_labels.gpkg"
+    frame.to_file(vec)
+    cfg = load_config(
+        {
+            "output_dir": str(tmp_path / "run"),
+            "classes": [
+                {"name": "water", "value": 0},
+                {"name": "soil", "value": 1},
+                {"name": "crop", "value": 2},
+            ],
+            "data": {
+                "source": "rasters",
+                "val_groups": ["b"],
+                "ignore": [9],
+                "scenes": [
+                    {"image": str(image_a), "labels": str(label_path)},
+                    {"image": str(image_b), "labels": str(vec), "class_field": "kind"},
+                ],
+            },
+        }
+    )
+    a, b = load_data(cfg)
+    assert a.group == "a" and b.group == "b"
+    assert np.all(a.label[8:, :30] == 0) and np.all(a.label[8:, 30:] == 2)
+    assert np.all(a.label[:8] == 255)
+    # 10 m pixels: water covers columns 0..19, crop 30..59, nothing (ignored) in between;
+    # allow one column of slack at polygon edges for the reprojection round trip
+    assert np.all(b.label[:, :19] == 0) and np.all(b.label[:, 31:] == 2)
+    assert np.all(b.label[:, 21:29] == 255)
+
+
+def test_class_weights_lift_rare_classes() -> None:
+    freq = np.array([0.7, 0.2, 0.1, 0.0])
+    weights = train_data.inverse_frequency_weights(freq)
+    assert weights[3] == 0.0
+    assert weights[0] < weights[1] < weights[2]
+    assert np.mean(weights[:3]) == pytest.approx(1.0)
+    assert weights[2] / weights[0] == pytest.approx(np.sqrt(7.0))
