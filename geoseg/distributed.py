@@ -39,6 +39,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from distributed.diagnostics.plugin import WorkerPlugin
+
 from geoseg.errors import ConfigError, GeosegError
 from geoseg.pipeline import (
     BandSink,
@@ -62,13 +64,8 @@ PLUGIN_NAME = "geoseg"
 #: Finished bands of one block are held in memory until written; this caps a block's size.
 DEFAULT_BLOCK_BYTES = 256 * 1024 * 1024
 
-try:  # the plugin base class exists only where distributed is installed (a core dependency)
-    from distributed.diagnostics.plugin import WorkerPlugin as _WorkerPluginBase
-except ImportError:  # pragma: no cover
-    _WorkerPluginBase = object  # type: ignore[assignment,misc]
 
-
-class GeosegWorkerPlugin(_WorkerPluginBase):  # type: ignore[misc]
+class GeosegWorkerPlugin(WorkerPlugin):
     """Per-worker state: the torch thread count and a cache of predictors (one per model).
 
     ``torch_threads`` is a fixed count, a ``{host: workers on that host}`` mapping (each worker
@@ -127,7 +124,7 @@ def _plugin() -> GeosegWorkerPlugin:
     worker = get_worker()
     plugin = worker.plugins.get(PLUGIN_NAME)
     if not isinstance(plugin, GeosegWorkerPlugin):
-        # A worker that joined after registration and missed it: give it its own state.
+        # The registration has not reached this worker (it joined meanwhile): set it up here.
         plugin = GeosegWorkerPlugin()
         plugin.setup(worker)
         worker.plugins[PLUGIN_NAME] = plugin

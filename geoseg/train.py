@@ -455,6 +455,14 @@ def train(
 
     last = ckpt_dir / "last.ckpt"
     trainer.save_checkpoint(last)  # the final step, so a longer run can resume from it
+    if trainer.global_step % tc.steps_per_epoch and not trainer.interrupted:
+        # Stopped between validations (max_steps or stop_after off an epoch boundary): score
+        # the final weights too, which at the end of a decaying schedule are often the best.
+        scores = trainer.validate(task, dataloaders=val_loader, verbose=False)
+        final_miou = float(scores[0]["val_miou"]) if scores else 0.0
+        trainer.save_checkpoint(
+            ckpt_dir / f"best-step={trainer.global_step}-val_miou={final_miou:.4f}.ckpt"
+        )
     best = best_checkpoint(ckpt_dir) or last
     if not best.exists():
         raise TrainingError(f"training wrote no checkpoint into {ckpt_dir}")
@@ -469,7 +477,8 @@ def train(
             val_items=val_items,
             training_info={
                 "steps": int(trainer.global_step),
-                "seconds": round(seconds),
+                "exported_step": _checkpoint_step(str(best)),
+                "seconds_last_session": round(seconds),
                 "device": str(trainer.strategy.root_device),
                 "torch_threads": torch.get_num_threads(),
             },
