@@ -10,7 +10,7 @@ The model is a deliberately light U-Net (smp, timm's ``test_efficientnet`` encod
 channels 16-8-8-8-8, 112 k parameters, random weights) so that a 16384² scene (1369 tiles) runs
 in minutes on 2 CPU cores; memory held per tile, per batch and per output row does not depend
 on the model's size, and the model's own weights and activations are the same for every scene
-size. ``--model resnet18`` uses the U-Net-ResNet18 of ``pipeline.py`` instead.
+size. ``--model resnet18`` uses the U-Net-ResNet18 instead (see ``models.py``).
 
     python benchmarks/memory.py                      # 4096² and 16384²
     python benchmarks/memory.py --sizes 2048 8192 --model resnet18
@@ -30,43 +30,11 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from models import KINDS, checkpoint  # noqa: E402
 from synthetic import build_mosaic  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 CLI = "from geoseg.cli import main; main()"
-
-
-def light_model(seed: int = 0) -> Any:
-    """A tiny smp U-Net: what the memory benchmarks need is the pipeline, not the network."""
-    import torch
-
-    from geoseg.model import ModelCard, build_model
-    from geoseg.types import ClassTable
-
-    torch.manual_seed(seed)
-    card = ModelCard(
-        arch="unet", encoder="tu-test_efficientnet", bands=("red", "green", "blue"),
-        mean=(117.0, 120.0, 108.0), std=(52.0, 50.0, 52.0), classes=ClassTable.default(5),
-        tile_size=512, name="bench-light-unet",
-        arch_kwargs={"decoder_channels": [16, 8, 8, 8, 8]},
-    )  # fmt: skip
-    return build_model(card)
-
-
-def checkpoint(kind: str, workdir: Path) -> Path:
-    """Save the benchmark model as a geoseg checkpoint (the CLI loads it like any other)."""
-    from geoseg.model import save_checkpoint
-
-    path = workdir / f"bench_{kind}.pt"
-    if not path.exists():
-        if kind == "light":
-            model = light_model()
-        else:
-            from pipeline import benchmark_model
-
-            model = benchmark_model("unet", "resnet18")
-        save_checkpoint(model, path)
-    return path
 
 
 def run_measured(argv: list[str], poll: float = 0.05) -> dict[str, float]:
@@ -181,7 +149,7 @@ def parser(description: str, sizes: list[int]) -> argparse.ArgumentParser:
     """Command-line options shared by memory.py and large_scene.py."""
     p = argparse.ArgumentParser(description=description)
     p.add_argument("--sizes", type=int, nargs="+", default=sizes, help="scene edges in pixels")
-    p.add_argument("--model", choices=["light", "resnet18"], default="light")
+    p.add_argument("--model", choices=KINDS, default="light", help="see models.py")
     p.add_argument("--tile", type=int, default=512)
     p.add_argument("--overlap", type=int, default=64)
     p.add_argument("--batch", type=int, default=8)

@@ -33,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np  # noqa: E402
 import rasterio  # noqa: E402
-from memory import checkpoint  # noqa: E402
+from models import KINDS, checkpoint, describe  # noqa: E402
 from synthetic import build_mosaic  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -44,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--scenes", type=int, default=4)
     p.add_argument("--size", type=int, default=1024)
     p.add_argument("--workers", type=int, default=2)
-    p.add_argument("--model", choices=["light", "resnet18"], default="resnet18")
+    p.add_argument("--model", choices=KINDS, default="default", help="see models.py")
     p.add_argument("--workdir", type=Path, default=Path("/tmp/geoseg-bench"))
     p.add_argument("--tag", default="")
     args = p.parse_args(argv)
@@ -102,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
         split_equal = bool(np.array_equal(a.read(), b.read()))
 
     print()
-    print(f"{args.scenes} scenes of {args.size}x{args.size} px, model {args.model}, "
+    print(f"{args.scenes} scenes of {args.size}x{args.size} px, model {describe(model)}, "
           f"{os.cpu_count()} CPUs, {args.workers} workers")  # fmt: skip
     print(f"{'mode':<40}{'seconds':>10}{'speed-up':>10}")
     print(f"{'local, sequential':<40}{local:>10.1f}{1.0:>10.2f}")
@@ -114,7 +114,8 @@ def main(argv: list[str] | None = None) -> int:
     RESULTS.mkdir(exist_ok=True)
     path = RESULTS / f"multi_scene{'_' + args.tag if args.tag else ''}.json"
     path.write_text(json.dumps({
-        "scenes": args.scenes, "size": args.size, "model": args.model, "workers": args.workers,
+        "scenes": args.scenes, "size": args.size, "model": describe(model),
+        "workers": args.workers,
         "cpus": os.cpu_count(), "local_s": local, "local_scene_s": local_times,
         "many_s": many, "split_scene0_s": split_time, "speedup_many": local / many,
         "speedup_split": local_times[0] / split_time, "equal_many": equal,

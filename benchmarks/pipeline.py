@@ -17,8 +17,8 @@ What the numbers mean:
 - ``cog`` (overviews and the copy into COG layout), ``preview`` and ``vectorize`` run after the
   tile loop and are reported separately; ``total`` is the whole ``segment`` call.
 
-    python benchmarks/pipeline.py                  # 4096² scene, U-Net-ResNet18, 2 repeats
-    python benchmarks/pipeline.py --size 2048 --repeat 3 --vectorize
+    python benchmarks/pipeline.py                  # 4096² scene, U-Net-ResNet18, 3 repeats
+    python benchmarks/pipeline.py --model default --size 2048 --vectorize
 """
 
 from __future__ import annotations
@@ -39,29 +39,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+from models import KINDS, benchmark_model  # noqa: E402
 from synthetic import build_mosaic  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
-
-
-def benchmark_model(arch: str = "unet", encoder: str = "resnet18", seed: int = 0) -> Any:
-    """The shipped default model if installed, else a randomly initialised U-Net-ResNet18.
-
-    Random weights cost exactly the same time as trained ones.
-    """
-    from geoseg.model import ModelCard, build_model, default_model_path, load_model
-    from geoseg.types import ClassTable
-
-    if arch == "default" or (arch == "unet" and encoder == "resnet18"):
-        if default_model_path().exists():
-            return load_model(None)
-    torch.manual_seed(seed)
-    card = ModelCard(
-        arch="unet" if arch == "default" else arch, encoder=encoder,
-        bands=("red", "green", "blue"), mean=(117.0, 120.0, 108.0), std=(52.0, 50.0, 52.0),
-        classes=ClassTable.default(5), tile_size=512, name=f"bench-{arch}-{encoder}",
-    )  # fmt: skip
-    return build_model(card)
 
 
 def model_only(model: Any, scene: Path, tile: int, overlap: int, batch: int) -> dict[str, float]:
@@ -143,9 +124,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tile", type=int, default=512)
     parser.add_argument("--overlap", type=int, default=64)
     parser.add_argument("--batch", type=int, default=8)
-    parser.add_argument("--repeat", type=int, default=2)
-    parser.add_argument("--arch", default="unet")
-    parser.add_argument("--encoder", default="resnet18")
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--model", choices=KINDS, default="resnet18", help="see models.py")
     parser.add_argument("--torch-threads", type=int, help="set torch's thread count")
     parser.add_argument("--vectorize", action="store_true", help="also time the GeoPackage")
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/geoseg-bench"))
@@ -155,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.torch_threads:
         torch.set_num_threads(args.torch_threads)
     scene = build_mosaic(args.workdir / f"mosaic_{args.size}.tif", args.size)
-    model = benchmark_model(args.arch, args.encoder)
+    model = benchmark_model(args.model)
     warm_up(model, args.tile, args.batch)
     runs: list[dict[str, float]] = []
     for i in range(args.repeat):
@@ -214,7 +194,7 @@ def main(argv: list[str] | None = None) -> int:
           f"{mpx_s * 3600 * 100:.0f} km²/h at 10 m")  # fmt: skip
 
     RESULTS.mkdir(exist_ok=True)
-    out = RESULTS / f"pipeline_{args.size}{'_' + args.tag if args.tag else ''}.json"
+    out = RESULTS / f"pipeline_{args.size}_{args.model}{'_' + args.tag if args.tag else ''}.json"
     out.write_text(json.dumps({
         "scene": {"size": args.size, "path": str(scene)},
         "settings": {"tile": args.tile, "overlap": args.overlap, "batch": args.batch,

@@ -19,7 +19,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import rasterio  # noqa: E402
-from pipeline import benchmark_model, warm_up  # noqa: E402
+from models import KINDS, benchmark_model, describe  # noqa: E402
+from pipeline import warm_up  # noqa: E402
 from synthetic import build_mosaic  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -31,13 +32,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--tile", type=int, default=512)
     p.add_argument("--overlap", type=int, default=64)
     p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--model", choices=KINDS, default="default", help="see models.py")
     p.add_argument("--workdir", type=Path, default=Path("/tmp/geoseg-bench"))
     args = p.parse_args(argv)
 
     import geoseg
 
     scene = build_mosaic(args.workdir / f"mosaic_{args.size}.tif", args.size)
-    model = benchmark_model()
+    model = benchmark_model(args.model)
     warm_up(model, args.tile, args.batch)
     rows = []
     reference = None
@@ -59,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
         })  # fmt: skip
         shutil.rmtree(out, ignore_errors=True)
     base = rows[0]["tiles_s"]
-    print(f"scene {args.size}x{args.size}, {model.card.arch}/{model.card.encoder}, tile "
+    print(f"scene {args.size}x{args.size}, {describe(model)}, tile "
           f"{args.tile}, overlap {args.overlap}, batch {args.batch}")  # fmt: skip
     print(f"{'tta':<8}{'passes':>7}{'tile loop s':>13}{'x none':>8}{'pixels changed':>16}")
     for row, passes in zip(rows, (1, 4, 8), strict=True):
@@ -68,7 +70,8 @@ def main(argv: list[str] | None = None) -> int:
               f"{100 * row['changed']:>15.2f}%")  # fmt: skip
     RESULTS.mkdir(exist_ok=True)
     path = RESULTS / "tta.json"
-    path.write_text(json.dumps({"size": args.size, "rows": rows}, indent=2))
+    path.write_text(json.dumps({"size": args.size, "model": describe(model), "rows": rows},
+                               indent=2))  # fmt: skip
     print(f"wrote {path}")
     return 0
 
