@@ -311,11 +311,18 @@ def info(target: str) -> None:
 @main.command()
 @click.argument("config", type=click.Path(path_type=Path))
 @click.option("--max-steps", type=int, help="Override training.max_steps.")
-@click.option("--stop-after", type=int,
-              help="Stop at this step, keeping the full LR schedule (resume later to continue).")
+@click.option(
+    "--stop-after",
+    type=int,
+    help="Stop at this step, keeping the full LR schedule (resume later to continue).",
+)
 @click.option("--no-resume", is_flag=True, help="Start afresh even if OUTPUT_DIR has last.ckpt.")
-@click.option("--export", "export_path", type=click.Path(path_type=Path),
-              help="Where to write the geoseg checkpoint (default: the config's 'export').")
+@click.option(
+    "--export",
+    "export_path",
+    type=click.Path(path_type=Path),
+    help="Where to write the geoseg checkpoint (default: the config's 'export').",
+)
 @handle_errors
 def train(config: Path, max_steps: int | None, stop_after: int | None, no_resume: bool,
           export_path: Path | None) -> None:  # fmt: skip
@@ -334,10 +341,14 @@ def train(config: Path, max_steps: int | None, stop_after: int | None, no_resume
 
 @main.command()
 @click.argument("pairs", nargs=-1, required=True, type=click.Path(path_type=str))
-@click.option("-m", "--model", type=click.Path(path_type=str),
-              help="Checkpoint (default: shipped model).")
-@click.option("--label-config", type=click.Path(path_type=Path),
-              help="Training config whose classes describe the label encoding (mask colours).")
+@click.option(
+    "-m", "--model", type=click.Path(path_type=str), help="Checkpoint (default: shipped model)."
+)
+@click.option(
+    "--label-config",
+    type=click.Path(path_type=Path),
+    help="Training config whose classes describe the label encoding (mask colours).",
+)
 @click.option("--class-field", help="Class column of vector labels.")
 @click.option("--tile-size", type=int, help="Tile edge in pixels (default: the model's).")
 @click.option("--overlap", type=int, help="Pixels shared by neighbouring tiles.")
@@ -345,10 +356,15 @@ def train(config: Path, max_steps: int | None, stop_after: int | None, no_resume
 @click.option("--device", help="auto, cpu, cuda or cuda:N (default auto).")
 @click.option("--bands", help="1-based bands to feed the model, e.g. 1,2,3.")
 @click.option("--json", "json_path", type=click.Path(path_type=Path), help="Write metrics as JSON.")
-@click.option("--plot", "plot_dir", type=click.Path(path_type=Path), is_flag=False,
-              flag_value=Path("evaluation"), default=None,
-              help="Save confusion-matrix and image/label/prediction PNGs in DIR "
-                   "(default ./evaluation).")
+@click.option(
+    "--plot",
+    "plot_dir",
+    type=click.Path(path_type=Path),
+    is_flag=False,
+    flag_value=Path("evaluation"),
+    default=None,
+    help="Save confusion-matrix and image/label/prediction PNGs in DIR (default ./evaluation).",
+)
 @click.option("-q", "--quiet", is_flag=True, help="Print the table only.")
 @handle_errors
 def evaluate(pairs: tuple[str, ...], model: str | None, label_config: Path | None,

@@ -29,7 +29,9 @@ def resolve_device(requested: str | None = "auto") -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"--device {name} was asked for but no CUDA device is available; use --device cpu")
+        raise ConfigError(
+            f"--device {name} was asked for but no CUDA device is available; use --device cpu"
+        )
     try:
         return torch.device(name)
     except RuntimeError as exc:
@@ -44,7 +46,9 @@ def autocast_dtype(device: torch.device, precision: str) -> torch.dtype | None:
         return torch.bfloat16
     if precision in ("fp16", "auto"):
         if device.type != "cuda":
-            raise ConfigError("fp16 precision needs a CUDA device; use --precision fp32 or bf16 on CPU")
+            raise ConfigError(
+                "fp16 precision needs a CUDA device; use --precision fp32 or bf16 on CPU"
+            )
         return torch.float16
     raise ConfigError(f"unknown precision {precision!r}; use auto, fp32, fp16 or bf16")
 
@@ -154,6 +158,7 @@ class Normaliser:
         self.scale = (1.0 / np.asarray(std, dtype=np.float32))[:, None, None]
 
     def __call__(self, data: np.ndarray, valid: np.ndarray) -> np.ndarray:
+        """Normalise ``data`` (C, H, W); pixels where ``valid`` (H, W) is False become 0."""
         out = (data - self.mean) * self.scale
         out *= valid[None]
         return out

@@ -1,4 +1,4 @@
-"""``segment``: the one function that composes read -> tile -> infer -> stitch -> write -> vectorize."""
+"""``segment``: the one function composing read -> tile -> infer -> stitch -> write -> vectorize."""
 
 from __future__ import annotations
 
@@ -18,7 +18,13 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from geoseg.config import InferenceConfig, RunConfig, load_config
-from geoseg.errors import BandMismatchError, GeosegError, OutputError, OutputExistsError, UngeoreferencedWarning
+from geoseg.errors import (
+    BandMismatchError,
+    GeosegError,
+    OutputError,
+    OutputExistsError,
+    UngeoreferencedWarning,
+)
 from geoseg.model import ModelCard, SegmentationModel, load_model
 from geoseg.stitch import Band
 from geoseg.tiling import TileGrid
@@ -71,7 +77,8 @@ class SegmentResult:
         )
         t = self.timings
         lines.append(
-            "time: " + ", ".join(f"{k} {v:.1f}s" for k, v in t.items())
+            "time: "
+            + ", ".join(f"{k} {v:.1f}s" for k, v in t.items())
             + f" ({self.megapixels_per_second:.2f} Mpx/s)"
         )
         return "\n".join(lines)
@@ -138,8 +145,13 @@ def resolve_config(
         top={"model": str(model) if isinstance(model, str | Path) else None, "bands": bands},
         tiling={"tile_size": tile_size, "overlap": overlap},
         inference={"batch_size": batch_size, "device": device, "tta": tta},
-        output={"probabilities": probabilities, "vectorize": vectorize, "preview": preview,
-                "min_area": min_area, "simplify": simplify},  # fmt: skip
+        output={
+            "probabilities": probabilities,
+            "vectorize": vectorize,
+            "preview": preview,
+            "min_area": min_area,
+            "simplify": simplify,
+        },  # fmt: skip
     )
 
 
@@ -233,7 +245,9 @@ def segment(
         )
     target = Path(out_dir) if out_dir is not None else default_out_dir(scene)
     if target.exists() and not overwrite:
-        raise OutputExistsError(f"{target} exists; pass --overwrite to replace it or -o another folder")
+        raise OutputExistsError(
+            f"{target} exists; pass --overwrite to replace it or -o another folder"
+        )
     parent = target.parent if str(target.parent) else Path(".")
     if not parent.is_dir():
         raise OutputError(
@@ -246,10 +260,10 @@ def segment(
     seg_model = model if isinstance(model, SegmentationModel) else load_model(cfg.model)
     card = seg_model.card
     if info.dtype != card.dtype:
+        gdal_type = readmod.GDAL_TYPE_NAMES.get(card.dtype, card.dtype)
         raise BandMismatchError(
-            f"the model expects {card.dtype} pixels but {info.path} holds {info.dtype}; convert the "
-            f"scene (e.g. gdal_translate -ot {readmod.GDAL_TYPE_NAMES.get(card.dtype, card.dtype)} "
-            "-scale) or pass another --model"
+            f"the model expects {card.dtype} pixels but {info.path} holds {info.dtype}; convert "
+            f"the scene (e.g. gdal_translate -ot {gdal_type} -scale) or pass another --model"
         )
     chosen = readmod.select_bands(info, card.bands, cfg.bands)
 
@@ -347,13 +361,15 @@ def _moved(result: SegmentResult, tmp_dir: Path, target: Path) -> SegmentResult:
         return None if p is None else target / p.relative_to(tmp_dir)
 
     return SegmentResult(
-        **{**result.__dict__,
-           "out_dir": target,
-           "classes_path": move(result.classes_path),
-           "confidence_path": move(result.confidence_path),
-           "probabilities_path": move(result.probabilities_path),
-           "preview_path": move(result.preview_path),
-           "vector_path": move(result.vector_path)}  # fmt: skip
+        **{
+            **result.__dict__,
+            "out_dir": target,
+            "classes_path": move(result.classes_path),
+            "confidence_path": move(result.confidence_path),
+            "probabilities_path": move(result.probabilities_path),
+            "preview_path": move(result.preview_path),
+            "vector_path": move(result.vector_path),
+        }  # fmt: skip
     )
 
 
@@ -490,15 +506,26 @@ def _run(
     preview_path = None
     if cfg.output.preview:
         t0 = time.perf_counter()
-        preview_path = write_preview(scene, chosen, paths["classes"], card.classes, tmp_dir / "preview.png")
+        preview_path = write_preview(
+            scene, chosen, paths["classes"], card.classes, tmp_dir / "preview.png"
+        )
         timings["preview"] = time.perf_counter() - t0
     vector_path = _vectorize(paths["classes"], card.classes, cfg, tmp_dir, timings)
 
     (tmp_dir / "run.json").write_text(
-        json.dumps({"model": card.to_dict() | {"metrics": dict(card.metrics)},
-                    "settings": {"tile_size": grid.rows.size, "overlap": overlap,
-                                 "bands": list(chosen), "device": stats.device}},
-                   indent=2, default=str)  # fmt: skip
+        json.dumps(
+            {
+                "model": card.to_dict() | {"metrics": dict(card.metrics)},
+                "settings": {
+                    "tile_size": grid.rows.size,
+                    "overlap": overlap,
+                    "bands": list(chosen),
+                    "device": stats.device,
+                },
+            },
+            indent=2,
+            default=str,
+        )  # fmt: skip
     )
     return SegmentResult(
         scene=str(scene), out_dir=tmp_dir, classes_path=paths["classes"],
@@ -663,7 +690,11 @@ def _write_band(writers: dict[str, Any], band: Any) -> None:
 
 
 def _vectorize(
-    classes_path: Path, classes: ClassTable, cfg: RunConfig, tmp_dir: Path, timings: dict[str, float]
+    classes_path: Path,
+    classes: ClassTable,
+    cfg: RunConfig,
+    tmp_dir: Path,
+    timings: dict[str, float],
 ) -> Path | None:
     if not cfg.output.vectorize:
         return None
