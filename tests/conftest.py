@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,30 @@ def _no_downloads(monkeypatch: pytest.MonkeyPatch) -> None:
     """Tests must never reach the network for weights (torchgeo's conftest does the same)."""
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("TORCH_HOME", "/nonexistent-geoseg-test-torch-home")
+
+
+@contextlib.contextmanager
+def torch_threads(n: int) -> Iterator[None]:
+    """Run with ``n`` torch threads, restoring the previous count afterwards."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+@pytest.fixture
+def one_torch_thread() -> Iterator[None]:
+    """One torch thread.
+
+    Runs compared pixel for pixel must use the same thread count, and oneDNN spinning on a machine
+    shared with other jobs costs more than it gains for tiny forward passes.
+    """
+    with torch_threads(1):
+        yield
 
 
 def write_raster(

@@ -25,14 +25,7 @@ from geoseg.memory import check_memory, estimate_memory, format_bytes
 from geoseg.write import RasterWriter
 from tests.conftest import small_smp_checkpoint, smooth_field, write_raster
 
-
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """One thread: oneDNN spinning on a machine shared with other jobs costs more than it gains."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import rasterio
-import torch
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from rasterio.transform import Affine, from_origin
@@ -23,7 +22,7 @@ import geoseg
 from geoseg.errors import GeosegError, GeosegWarning
 from geoseg.journal import partial_dir
 from geoseg.read import SUPPORTED_DTYPES
-from tests.conftest import conv_model, write_raster
+from tests.conftest import conv_model, torch_threads, write_raster
 
 DTYPES = [*SUPPORTED_DTYPES, "int8", "complex64"]
 GRIDS = {
@@ -146,7 +145,5 @@ def test_segment_writes_on_the_input_grid_or_raises_a_geoseg_error(
 @pytest.fixture(autouse=True, scope="module")
 def _one_torch_thread():
     """Many tiny forward passes: more threads only add overhead (and contention) here."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+    with torch_threads(1):
+        yield

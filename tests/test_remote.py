@@ -11,7 +11,6 @@ import numpy as np
 import pytest
 import rasterio
 import rasterio.shutil
-import torch
 from click.testing import CliRunner
 from rasterio.transform import from_origin
 
@@ -25,12 +24,7 @@ from tests.conftest import conv_model, small_smp_checkpoint, smooth_field, write
 ORIGIN = (500_000.0, 5_300_000.0)
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 class RangeHandler(http.server.BaseHTTPRequestHandler):

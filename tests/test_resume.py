@@ -29,23 +29,22 @@ from geoseg.journal import (
 from geoseg.stitch import Stitcher
 from geoseg.tiling import make_grid
 from geoseg.write import RasterWriter
-from tests.conftest import conv_model, small_smp_checkpoint, smooth_field, write_raster
+from tests.conftest import (
+    conv_model,
+    small_smp_checkpoint,
+    smooth_field,
+    torch_threads,
+    write_raster,
+)
 
 CLI = [sys.executable, "-c", "from geoseg.cli import main; main()"]
 
 
 @pytest.fixture
 def one_thread():
-    """Runs compared pixel for pixel use one torch thread, as the subprocesses here do.
-
-    (Single-threaded also keeps oneDNN from spinning on a machine shared with other jobs.)
-    """
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+    """Runs compared pixel for pixel use one torch thread, as the subprocesses here do."""
+    with torch_threads(1):
+        yield
 
 
 @pytest.fixture(scope="module")
@@ -67,16 +66,11 @@ def resume_case(tmp_path_factory):
 @pytest.fixture(scope="module")
 def reference(resume_case, tmp_path_factory):
     """classes.tif and confidence.tif of an uninterrupted run (one torch thread)."""
-    import torch
 
     scene, args = resume_case
     out = tmp_path_factory.mktemp("reference") / "out"
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with torch_threads(1):
         result = CliRunner().invoke(main, ["run", str(scene), "-o", str(out), "-q", *args])
-    finally:
-        torch.set_num_threads(before)
     assert result.exit_code == 0, result.output
     return {name: read(out / f"{name}.tif") for name in ("classes", "confidence")}
 
