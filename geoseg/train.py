@@ -380,6 +380,7 @@ def train(
         std,
         seed=tc.seed,
         sampling=tc.sampling,
+        scale=tc.scale,
     )
     val_set = train_data.WholeImageDataset(val_items, mean, std, stride=stride)
     train_loader: DataLoader[dict[str, torch.Tensor]] = DataLoader(
@@ -576,6 +577,7 @@ def _card(
             "config": cfg.name,
             "crop": tc.crop,
             "sampling": tc.sampling,
+            "scale": list(tc.scale) if tc.scale else None,
             "batch_size": tc.batch_size,
             "loss": tc.loss,
             "lr": tc.lr,

@@ -51,6 +51,7 @@ class TrainingConfig:
 
     crop: int = 256
     sampling: str = "sqrt"
+    scale: tuple[float, float] | None = None
     batch_size: int = 8
     max_steps: int = 2000
     steps_per_epoch: int = 100
@@ -174,6 +175,18 @@ def _training_config(raw: Any) -> TrainingConfig:
         raise ConfigError(
             f"training.sampling must be one of {train_data.SAMPLING}, got {cfg.sampling!r}"
         )
+    if cfg.scale is not None:
+        sc = cfg.scale
+        if (
+            not isinstance(sc, list | tuple)
+            or len(sc) != 2
+            or not all(isinstance(v, int | float) and v > 0 for v in sc)
+            or sc[0] > sc[1]
+        ):
+            raise ConfigError(
+                f"training.scale must be a zoom range [low, high] with 0 < low <= high, got {sc!r}"
+            )
+        cfg = dataclasses.replace(cfg, scale=(float(sc[0]), float(sc[1])))
     if cfg.loss not in LOSSES:
         raise ConfigError(f"training.loss must be one of {LOSSES}, got {cfg.loss!r}")
     if cfg.scheduler not in SCHEDULERS:

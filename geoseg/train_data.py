@@ -402,6 +402,7 @@ class RandomCropDataset:
         seed: int = 0,
         augment: bool = True,
         sampling: str = "sqrt",
+        scale: tuple[float, float] | None = None,
     ) -> None:
         if not items:
             raise TrainingError("no training images")
@@ -414,6 +415,9 @@ class RandomCropDataset:
         self.std = np.asarray(std, dtype=np.float32)[:, None, None]
         self.seed = seed
         self.augment = augment
+        if scale is not None and not 0 < scale[0] <= scale[1]:
+            raise TrainingError(f"scale must be a range 0 < low <= high, got {scale!r}")
+        self.scale = scale
         pixels = np.array([i.pixels for i in self.items], dtype=np.float64)
         draw = {"pixels": pixels, "sqrt": np.sqrt(pixels), "images": np.ones_like(pixels)}
         self.weights = draw[sampling] / draw[sampling].sum()
@@ -428,7 +432,14 @@ class RandomCropDataset:
         # unless a worker seed was fixed by the DataLoader (torch seeds numpy per worker).
         rng = np.random.default_rng([self.seed, index, int(torch.randint(0, 2**31, ()).item())])
         item = self.items[int(rng.choice(len(self.items), p=self.weights))]
-        image, label = random_crop(item.image, item.label, self.crop, rng, fill=self.mean[:, 0, 0])
+        window = self.crop
+        if self.augment and self.scale is not None:
+            # Zoom by a log-uniform factor: a window of crop/zoom pixels resampled to crop.
+            zoom = float(np.exp(rng.uniform(np.log(self.scale[0]), np.log(self.scale[1]))))
+            window = max(int(round(self.crop / zoom)), 1)
+        image, label = random_crop(item.image, item.label, window, rng, fill=self.mean[:, 0, 0])
+        if window != self.crop:
+            image, label = resample_crop(image, label, self.crop)
         if self.augment:
             image, label = flip_rotate(image, label, rng)
         x = (image.astype(np.float32) - self.mean) / self.std
@@ -460,6 +471,23 @@ def random_crop(
         pad_h, pad_w = crop - lab.shape[0], crop - lab.shape[1]
         return padded, np.pad(lab, ((0, pad_h), (0, pad_w)), constant_values=IGNORE_INDEX)
     return img, lab
+
+
+def resample_crop(
+    image: npt.NDArray[Any], label: npt.NDArray[np.uint8], size: int
+) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.uint8]]:
+    """Image ``(C, h, w)`` resampled to ``size`` x ``size``, bilinear with antialiasing.
+
+    The label follows with nearest-neighbour sampling, so it keeps only ids it had.
+    """
+    import torch
+    import torch.nn.functional as F  # noqa: N812
+
+    img = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))[None]
+    lab = torch.from_numpy(np.ascontiguousarray(label))[None, None]
+    img = F.interpolate(img, (size, size), mode="bilinear", antialias=True, align_corners=False)
+    lab = F.interpolate(lab, size=(size, size), mode="nearest-exact")
+    return img[0].numpy(), lab[0, 0].numpy()
 
 
 def flip_rotate(

@@ -124,25 +124,27 @@ def test_mismatched_inputs_are_refused(scene_and_prediction, tmp_path):
         evaluate(model, [scene], [tmp_path / "missing.tif"])
 
 
-# Measured through the pipeline for the shipped model (675 steps on 2 shared CPU cores): mIoU 0.496,
-# pixel accuracy 0.712 on this image (0.515 / 0.701 over the whole held-out tile). The project
-# target for this guard is mIoU 0.55, which the shipped model does not reach yet; the guard sits
-# a little below the measured value so that any regression (normalisation, band order, tiling,
-# legend) fails loudly. Raise it to 0.55 once a longer-trained model ships.
-MIN_MIOU = 0.46
-MIN_PIXEL_ACCURACY = 0.66
+# Measured through the pipeline for the shipped model (3,600 steps on 2 CPU cores): mIoU 0.550,
+# pixel accuracy 0.719 over the whole held-out tile 2 (the README's figures; single images range
+# from 0.30 to 0.59, so one image would be a noisy guard). The issue's guard target is 0.55; this
+# one sits a little below the measured value so that any regression (normalisation, band order,
+# tiling, legend) fails loudly. Raise it when a better-trained model ships.
+MIN_MIOU = 0.53
+MIN_PIXEL_ACCURACY = 0.70
 
 
 @pytest.mark.skipif(not default_model_path().exists(), reason="no shipped default model yet")
-def test_shipped_default_model_on_a_held_out_dubai_image():
+def test_shipped_default_model_on_the_held_out_dubai_tile():
     """Regression guard: tile 2 was never trained on (not even for normalisation statistics)."""
+    images = sorted((DUBAI / "tile_2" / "images").glob("*.jpg"))
+    assert len(images) == 9
     result = evaluate(
         None,
-        [DUBAI / "tile_2" / "images" / "image_part_007.jpg"],
-        [DUBAI / "tile_2" / "masks" / "image_part_007.png"],
+        images,
+        [DUBAI / "tile_2" / "masks" / f"{p.stem}.png" for p in images],
         label_config=TRAIN_CONFIG,
     )
     summary = result.summary
     assert summary["miou"] >= MIN_MIOU, result.table()
     assert summary["pixel_accuracy"] >= MIN_PIXEL_ACCURACY, result.table()
-    assert summary["per_class"]["water"]["iou"] >= 0.8, result.table()
+    assert summary["per_class"]["water"]["iou"] >= 0.78, result.table()

@@ -97,6 +97,9 @@ def test_config_errors_name_the_key(tmp_path: Path) -> None:
         (("data", "source"), "s3", "data.source"),
         (("data", "val_groups"), [], "data.val_groups"),
         (("model", "decoder"), "x", r"model\.decoder"),
+        (("training", "scale"), [1.5, 0.5], "training.scale"),
+        (("training", "scale"), [0, 1], "training.scale"),
+        (("training", "scale"), 2.0, "training.scale"),
     ]
     for (section, key), value, message in cases:
         cfg = copy.deepcopy(base)
@@ -197,3 +200,34 @@ def test_class_weights_lift_rare_classes() -> None:
     assert weights[0] < weights[1] < weights[2]
     assert np.mean(weights[:3]) == pytest.approx(1.0)
     assert weights[2] / weights[0] == pytest.approx(np.sqrt(7.0))
+
+
+def test_scale_augmentation_zooms_crops_and_keeps_labels() -> None:
+    # Vertical stripes 8 px wide, class = stripe index, and the image encodes the class.
+    label = np.broadcast_to((np.arange(256) // 8).astype(np.uint8), (256, 256)).copy()
+    image = np.stack([label * 8] * 3).astype(np.uint8)
+    item = train_data.LabelledImage(image=image, label=label, group="g", name="stripes")
+
+    def stripes_per_crop(scale: tuple[float, float] | None) -> float:
+        ds = train_data.RandomCropDataset([item], 32, 40, [0, 0, 0], [1, 1, 1], scale=scale)
+        counts = []
+        for i in range(len(ds)):
+            sample = ds[i]
+            assert sample["image"].shape == (3, 32, 32) and sample["mask"].shape == (32, 32)
+            mask = sample["mask"].numpy()
+            assert set(np.unique(mask)) <= set(range(32))
+            # each label sits on the image's own stripe value (nearest labels, smooth image)
+            centre = sample["image"][0].numpy()[mask == mask[16, 16]].mean()
+            assert abs(centre - 8 * mask[16, 16]) <= 8
+            counts.append(len(np.unique(mask)))
+        return float(np.mean(counts))
+
+    plain, zoomed_out, zoomed_in = (
+        stripes_per_crop(None),
+        stripes_per_crop((0.5, 0.5)),
+        stripes_per_crop((2.0, 2.0)),
+    )
+    assert zoomed_in < plain < zoomed_out  # 2x zoom out: twice the ground per crop
+    assert zoomed_out == pytest.approx(2 * plain, rel=0.35)
+    with pytest.raises(TrainingError, match="scale"):
+        train_data.RandomCropDataset([item], 32, 4, [0], [1], scale=(2.0, 1.0))
