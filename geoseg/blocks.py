@@ -15,6 +15,9 @@ from concurrent.futures import Future, ProcessPoolExecutor
 from contextlib import contextmanager
 from typing import Any
 
+import numpy as np
+from numpy.typing import NDArray
+
 from geoseg.types import PixelWindow
 
 BlockMap = Callable[[Callable[[Any], Any], list[Any]], Iterator[Any]]
@@ -28,6 +31,32 @@ def block_windows(height: int, width: int, block_size: int) -> list[PixelWindow]
         for r in range(0, height, block_size)
         for c in range(0, width, block_size)
     ]
+
+
+def facing_pairs(
+    ids: NDArray[np.int64],
+    klass: NDArray[np.int64],
+    other: NDArray[np.int64],
+    other_class: NDArray[np.int64],
+    start: int,
+    connectivity: int,
+) -> tuple[NDArray[np.int64], NDArray[np.bool_]]:
+    """Pieces that face each other across a block border, and whether they share their class.
+
+    ``ids[k]`` (class ``klass[k]``) faces ``other[start + k]``; with 8-connectivity also
+    ``other[start + k ± 1]``. Negative ids mark no piece. Returns the ``(n, 2)`` facing id pairs
+    (direct neighbours first, then the diagonals) and a mask of the pairs of the same class.
+    """
+    k = np.arange(len(ids))
+    pairs, same = [], []
+    for d in [0, -1, 1] if connectivity == 8 else [0]:
+        j = start + k + d
+        ok = (j >= 0) & (j < len(other))
+        a, b = ids[k[ok]], other[j[ok]]
+        valid = (a >= 0) & (b >= 0)
+        pairs.append(np.column_stack([a[valid], b[valid]]))
+        same.append(klass[k[ok]][valid] == other_class[j[ok]][valid])
+    return np.concatenate(pairs), np.concatenate(same)
 
 
 @contextmanager

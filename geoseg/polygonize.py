@@ -23,7 +23,7 @@ from affine import Affine
 from numpy.typing import NDArray
 from rasterio.features import shapes
 
-from geoseg.blocks import BlockMap
+from geoseg.blocks import BlockMap, facing_pairs
 from geoseg.coverage import (
     OUTSIDE,
     Geoms,
@@ -344,15 +344,8 @@ class BorderMerger:
         ``ids[k]`` faces ``other[start + k]`` and, with 8-connectivity, its two diagonal
         neighbours.
         """
-        k = np.arange(len(ids))
-        found = []
-        for d in [0, -1, 1] if self.connectivity == 8 else [0]:
-            j = start + k + d
-            ok = (j >= 0) & (j < len(other))
-            a, b = ids[k[ok]], other[j[ok]]
-            same = (a >= 0) & (b >= 0) & (klass[k[ok]] == other_class[j[ok]])
-            found.append(np.column_stack([a[same], b[same]]))
-        for a, b in np.unique(np.concatenate(found), axis=0).tolist():
+        pairs, same = facing_pairs(ids, klass, other, other_class, start, self.connectivity)
+        for a, b in np.unique(pairs[same], axis=0).tolist():
             self._union(a, b)
 
     def _find(self, gid: int) -> int:

@@ -25,7 +25,7 @@ import numpy as np
 import rasterio
 from numpy.typing import NDArray
 
-from geoseg.blocks import BlockMap
+from geoseg.blocks import BlockMap, facing_pairs
 from geoseg.measure import GroundMeasure
 from geoseg.types import PixelWindow
 
@@ -311,18 +311,9 @@ class _RegionTables:
 
         ``ids[k]`` faces ``other[start + k]``; with 8-connectivity also ``other[start + k ± 1]``.
         """
-        offsets = [0] + ([-1, 1] if self.connectivity == 8 else [])
-        n = len(ids)
-        for d in offsets:
-            k = np.arange(n)
-            j = start + k + d
-            ok = (j >= 0) & (j < len(other))
-            a, b = ids[k[ok]], other[j[ok]]
-            ca, cb = klass[k[ok]], other_class[j[ok]]
-            valid = (a >= 0) & (b >= 0)
-            same = valid & (ca == cb)
-            self._joins.append(np.column_stack([a[same], b[same]]))
-            self._pairs.append(np.column_stack([a[valid & ~same], b[valid & ~same]]))
+        pairs, same = facing_pairs(ids, klass, other, other_class, start, self.connectivity)
+        self._joins.append(pairs[same])
+        self._pairs.append(pairs[~same])
 
     @property
     def local_class(self) -> NDArray[np.int64]:
