@@ -246,6 +246,30 @@ def build_model(card: ModelCard) -> SegmentationModel:
     return SegmentationModel(module, card)
 
 
+def fold_logit_offsets(module: torch.nn.Module, offsets: Sequence[float]) -> None:
+    """Add a constant per class to the network's logits by shifting its last convolution's bias.
+
+    smp networks end in ``segmentation_head``: a convolution, then an optional bilinear upsampling
+    (whose weights sum to one, so it passes a constant through) and an identity activation.
+    Shifting the bias therefore shifts every output logit of class ``k`` by ``offsets[k]``.
+    """
+    import torch
+
+    head = getattr(module, "segmentation_head", None)
+    conv = head[0] if isinstance(head, torch.nn.Sequential) and len(head) else None
+    if not isinstance(conv, torch.nn.Conv2d) or conv.bias is None:
+        raise ModelError(
+            "cannot apply logit offsets: the network has no segmentation_head convolution with a "
+            "bias (only smp architectures are supported)"
+        )
+    if conv.out_channels != len(offsets):
+        raise ModelError(
+            f"{len(offsets)} logit offsets given for a network with {conv.out_channels} classes"
+        )
+    with torch.no_grad():
+        conv.bias.add_(torch.tensor(list(offsets), dtype=conv.bias.dtype, device=conv.bias.device))
+
+
 def save_checkpoint(model: SegmentationModel, path: str | Path, *, half: bool = False) -> Path:
     """Write a geoseg checkpoint (``half=True`` stores float weights as float16 to halve size).
 
@@ -405,5 +429,10 @@ def _from_lightning_payload(
     }
     model = build_model(card)
     _load_state(model.module, state, path)
+    offsets = hp.get("logit_offsets")
+    if offsets is not None:
+        # geoseg's trainer validates with these offsets (prior correction for class-weighted
+        # training); fold them in so the checkpoint predicts what validation scored.
+        fold_logit_offsets(model.module, [float(v) for v in offsets])
     model.module.eval()
     return model

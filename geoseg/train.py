@@ -15,7 +15,8 @@ The config (see ``configs/train_default.yaml``)::
     classes: [{name, color, mask_color | value}, ...]
     data: {source: folders | rasters, ..., val_groups: [...], ignore: [...], band_names: [...]}
     model: {arch, encoder, arch_kwargs, tile_size}
-    training: {crop, batch_size, max_steps, steps_per_epoch, lr, ...}
+    training: {crop, batch_size, max_steps, steps_per_epoch, lr, loss, class_weights,
+               prior_correction, ...}
     card: {data_source, licence, description}
 
 Relative paths are resolved against the config file's folder.
@@ -106,6 +107,7 @@ def _task_class() -> Any:
             scheduler: str = "onecycle",
             max_steps: int = 1000,
             patience: int = 10,
+            logit_offsets: Sequence[float] | None = None,
             geoseg_card: Mapping[str, Any] | None = None,
         ) -> None:
             # torchgeo's own 'model' switch knows only a few names; configure_models below
@@ -125,6 +127,15 @@ def _task_class() -> Any:
             )
             self.hparams["model"] = canonical_arch(arch)
             self._confusion: torch.Tensor | None = None
+            # Saved in the hyper-parameters: load_model folds them into the exported network.
+            # Training time over every session of the run, carried in the checkpoints.
+            self.seconds_before = 0.0
+            self.session_started = time.perf_counter()
+            self.logit_offsets = (
+                torch.tensor(list(logit_offsets), dtype=torch.float32).view(1, -1, 1, 1)
+                if logit_offsets is not None
+                else None
+            )
 
         def configure_models(self) -> None:
             hp = self.hparams
@@ -158,7 +169,19 @@ def _task_class() -> Any:
                 "lr_scheduler": {"scheduler": sched, "interval": "step"},
             }
 
+        @property
+        def train_seconds(self) -> float:
+            """Seconds spent in ``fit`` by this run so far, resumed sessions included."""
+            return self.seconds_before + time.perf_counter() - self.session_started
+
+        def on_fit_start(self) -> None:
+            self.session_started = time.perf_counter()
+
+        def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+            checkpoint["geoseg_train_seconds"] = self.train_seconds
+
         def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+            self.seconds_before = float(checkpoint.get("geoseg_train_seconds", 0.0))
             # The schedule is a function of (step, max_steps) rebuilt from the current config,
             # so a run can be resumed with a longer or shorter max_steps: keep only the step.
             states = checkpoint.get("lr_schedulers") or []
@@ -187,6 +210,9 @@ def _task_class() -> Any:
             loss = self.criterion(logits, y)
             self.log("val_loss", loss, batch_size=x.shape[0], on_epoch=True)
             k = int(self.hparams["num_classes"])
+            if self.logit_offsets is not None:
+                # Score what is exported: logits with the prior correction folded in.
+                logits = logits + self.logit_offsets.to(logits.device, logits.dtype)
             pred = logits.argmax(dim=1)
             valid = (y >= 0) & (y < k)
             assert self._confusion is not None
@@ -350,10 +376,13 @@ def train(
     mean, std = train_data.band_statistics(train_items)
     freq = train_data.class_frequencies(train_items, len(cfg.classes))
     weights = _class_weights(tc.class_weights, freq, len(cfg.classes))
+    offsets = logit_offsets(weights) if tc.prior_correction and tc.loss == "ce" else None
     log.info("band mean %s std %s", _r(mean), _r(std))
     log.info("class shares %s  loss weights %s", _r(list(freq)), _r(weights) if weights else None)
+    if offsets is not None:
+        log.info("prior correction: logit offsets %s folded into the exported model", _r(offsets))
 
-    card = _card(cfg, items[0].image, mean, std, freq)
+    card = _card(cfg, items[0].image, mean, std, freq, offsets)
     task_cls = _task_class()
     task = task_cls(
         arch=cfg.model.arch,
@@ -369,6 +398,7 @@ def train(
         scheduler=tc.scheduler,
         max_steps=tc.max_steps,
         patience=max(tc.early_stopping_patience // 2, 1),
+        logit_offsets=offsets,
         geoseg_card=card.to_dict(),
     )
     stride = int(getattr(task.model.encoder, "output_stride", 32))
@@ -479,6 +509,7 @@ def train(
             training_info={
                 "steps": int(trainer.global_step),
                 "exported_step": _checkpoint_step(str(best)),
+                "seconds": round(task.train_seconds),
                 "seconds_last_session": round(seconds),
                 "device": str(trainer.strategy.root_device),
                 "torch_threads": torch.get_num_threads(),
@@ -540,12 +571,27 @@ def _class_weights(
     return list(setting)
 
 
+def logit_offsets(weights: Sequence[float] | None) -> list[float] | None:
+    """Prior correction for class-weighted cross-entropy: ``-log(weight)`` per class.
+
+    Weighting class ``k``'s loss by ``w_k`` makes the trained network estimate posteriors
+    proportional to ``w_k p(k | x)``: rare classes are over-predicted, which helps them get
+    learnt but costs pixel accuracy and skews the confidences. Adding ``-log w_k`` to the
+    logits undoes that tilt (post-hoc logit adjustment, Menon et al., ICLR 2021). Classes with
+    weight 0 (absent from the training data) get no offset.
+    """
+    if not weights:
+        return None
+    return [-math.log(w) if w > 0 else 0.0 for w in weights]
+
+
 def _card(
     cfg: TrainConfig,
     sample: npt.NDArray[Any],
     mean: Sequence[float],
     std: Sequence[float],
     freq: npt.NDArray[np.float64],
+    offsets: Sequence[float] | None = None,
 ) -> ModelCard:
     n = sample.shape[0]
     names = cfg.data.band_names or tuple(f"band_{i + 1}" for i in range(n))
@@ -584,6 +630,7 @@ def _card(
             "scheduler": tc.scheduler,
             "val_groups": list(cfg.data.val_groups),
             "class_shares": [round(float(f), 4) for f in freq],
+            "logit_offsets": _r(offsets) if offsets is not None else None,
         },
         data_source=cfg.card.get("data_source", ""),
         licence=cfg.card.get("licence", ""),

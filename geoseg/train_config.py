@@ -60,6 +60,7 @@ class TrainingConfig:
     scheduler: str = "onecycle"
     loss: str = "ce"
     class_weights: str | tuple[float, ...] | None = "auto"
+    prior_correction: bool = True
     early_stopping_patience: int = 10
     checkpoint_every_n_steps: int = 50
     num_workers: int = 0
@@ -200,6 +201,10 @@ def _training_config(raw: Any) -> TrainingConfig:
         cfg = dataclasses.replace(cfg, class_weights=tuple(float(v) for v in cw))
     elif cw not in (None, "auto"):
         raise ConfigError(f"training.class_weights must be 'auto', null or a list, got {cw!r}")
+    if not isinstance(cfg.prior_correction, bool):
+        raise ConfigError(
+            f"training.prior_correction must be true or false, got {cfg.prior_correction!r}"
+        )
     return cfg
 
 

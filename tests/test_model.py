@@ -10,6 +10,7 @@ from geoseg.model import (
     build_model,
     canonical_arch,
     create_module,
+    fold_logit_offsets,
     load_model,
     output_stride_of,
     save_checkpoint,
@@ -42,6 +43,19 @@ class SharedArchTester:
         with torch.inference_mode():
             y = module.eval()(x)
         assert y.shape == (1, 5, *x.shape[2:])
+
+    def test_logit_offsets_fold_into_the_head(self):
+        # what the trainer's prior correction relies on: a bias shift moves every output logit
+        torch.manual_seed(0)
+        module = create_module(self.arch, self.encoder, 3, 5).eval()
+        x = torch.rand(2, 3, 64, 64)
+        offsets = torch.tensor([0.5, -1.0, 0.0, 2.0, 0.25])
+        with torch.inference_mode():
+            before = module(x)
+        fold_logit_offsets(module, offsets.tolist())
+        with torch.inference_mode():
+            after = module(x)
+        torch.testing.assert_close(after, before + offsets.view(1, -1, 1, 1), atol=1e-5, rtol=0)
 
 
 class TestUnet(SharedArchTester):
@@ -119,6 +133,14 @@ def test_torchgeo_lightning_checkpoint_loads(tmp_path):
         assert torch.equal(model.module(x), task.model.eval()(x))
     with pytest.raises(ModelError, match="predicts 4 classes but 2"):
         load_model(path, classes=ClassTable.default(2))
+
+
+def test_logit_offsets_must_match_the_classes():
+    module = create_module("unet", "resnet18", 3, 4)
+    with pytest.raises(ModelError, match="3 logit offsets given for a network with 4 classes"):
+        fold_logit_offsets(module, [0.0, 0.0, 0.0])
+    with pytest.raises(ModelError, match="segmentation_head"):
+        fold_logit_offsets(torch.nn.Conv2d(3, 4, 1), [0.0] * 4)
 
 
 def test_bad_checkpoints(tmp_path):

@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 import pytest
 import rasterio
+import torch
 import yaml
 from PIL import Image
 
@@ -16,7 +17,7 @@ import geoseg
 from geoseg import train_data
 from geoseg.errors import ConfigError, TrainingError
 from geoseg.model import load_model
-from geoseg.train import load_config, load_data, train
+from geoseg.train import load_config, load_data, logit_offsets, train
 from tests.conftest import DATA, write_raster
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -46,6 +47,8 @@ def test_train_resume_export_and_segment_round_trip(tmp_path: Path) -> None:
     cfg = dubai_config(tmp_path)
     first = train(cfg, stop_after=2)
     assert first.steps == 2 and first.exported is not None
+    assert first.last_checkpoint is not None
+    seconds_first = torch.load(first.last_checkpoint, weights_only=False)["geoseg_train_seconds"]
     second = train(cfg)  # resumes from last.ckpt and finishes the 4-step schedule
     assert second.steps == 4
     log = (tmp_path / "run" / "train.log").read_text()
@@ -62,6 +65,8 @@ def test_train_resume_export_and_segment_round_trip(tmp_path: Path) -> None:
     assert card.metrics["split"] == "whole held-out groups tile_2"
     assert 0.0 <= card.metrics["miou"] <= 1.0
     assert card.training["steps"] == 4 and card.training["exported_step"] in (2, 3, 4)
+    # training time adds up over the resumed sessions
+    assert card.training["seconds"] >= round(seconds_first) > 0
     # band statistics come from the training images only (tiles 1 and 3), not the held-out one
     items = load_data(load_config(cfg))
     train_items = [i for i in items if i.group != "tile_2"]
@@ -71,6 +76,15 @@ def test_train_resume_export_and_segment_round_trip(tmp_path: Path) -> None:
     # the Lightning checkpoint alone loads too (it carries the card)
     from_ckpt = load_model(second.best_checkpoint)
     assert from_ckpt.card.classes == card.classes
+    # prior correction (on by default with class-weighted ce): -log(weight) per class, largest
+    # for the most frequent class, folded into the head's bias when the checkpoint is loaded
+    offsets = card.training["logit_offsets"]
+    assert len(offsets) == 5
+    assert np.argmax(offsets) == np.argmax(card.training["class_shares"])
+    raw = torch.load(second.best_checkpoint, map_location="cpu", weights_only=True)
+    raw_bias = raw["state_dict"]["model.segmentation_head.0.bias"]
+    folded = from_ckpt.module.segmentation_head[0].bias.detach()
+    np.testing.assert_allclose((folded - raw_bias).numpy(), offsets, atol=1e-4)
 
     image = DUBAI / "tile_2" / "images" / "image_part_007.jpg"
     with pytest.warns(Warning):
@@ -100,6 +114,7 @@ def test_config_errors_name_the_key(tmp_path: Path) -> None:
         (("training", "scale"), [1.5, 0.5], "training.scale"),
         (("training", "scale"), [0, 1], "training.scale"),
         (("training", "scale"), 2.0, "training.scale"),
+        (("training", "prior_correction"), "yes", "training.prior_correction"),
     ]
     for (section, key), value, message in cases:
         cfg = copy.deepcopy(base)
@@ -200,6 +215,12 @@ def test_class_weights_lift_rare_classes() -> None:
     assert weights[0] < weights[1] < weights[2]
     assert np.mean(weights[:3]) == pytest.approx(1.0)
     assert weights[2] / weights[0] == pytest.approx(np.sqrt(7.0))
+
+
+def test_prior_correction_offsets_undo_the_class_weights() -> None:
+    offsets = logit_offsets([2.0, 0.5, 0.0])
+    assert offsets == pytest.approx([-np.log(2.0), np.log(2.0), 0.0])
+    assert logit_offsets(None) is None
 
 
 def test_scale_augmentation_zooms_crops_and_keeps_labels() -> None:
