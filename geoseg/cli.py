@@ -93,6 +93,13 @@ def main() -> None:
     """
 
 
+tta_option = click.option(
+    "--tta",
+    type=click.Choice(["none", "flips", "d4"]),
+    help="Test-time augmentation: average over 4 flips or all 8 flips/rotations (4x/8x slower).",
+)
+
+
 @main.command()
 @click.argument("scenes", nargs=-1, type=click.Path(path_type=str))
 @click.option("--sample", is_flag=True, help="Segment the small real scene shipped with geoseg.")
@@ -132,11 +139,7 @@ def main() -> None:
     "--mosaic", is_flag=True, help="SCENES are tiles of one mosaic: segment them as one scene."
 )
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar or status lines.")
-@click.option(
-    "--tta",
-    type=click.Choice(["none", "flips", "d4"]),
-    help="Test-time augmentation: average over 4 flips or all 8 flips/rotations (4x/8x slower).",
-)
+@tta_option
 @click.option(
     "--workers",
     type=click.IntRange(min=1),
@@ -365,12 +368,14 @@ def train(config: Path, max_steps: int | None, stop_after: int | None, no_resume
     default=None,
     help="Save confusion-matrix and image/label/prediction PNGs in DIR (default ./evaluation).",
 )
+@tta_option
 @click.option("-q", "--quiet", is_flag=True, help="Print the table only.")
 @handle_errors
 def evaluate(pairs: tuple[str, ...], model: str | None, label_config: Path | None,
              class_field: str | None, tile_size: int | None, overlap: int | None,
              batch_size: int | None, device: str | None, bands: str | None,
-             json_path: Path | None, plot_dir: Path | None, quiet: bool) -> None:  # fmt: skip
+             json_path: Path | None, plot_dir: Path | None, tta: str | None,
+             quiet: bool) -> None:  # fmt: skip
     """Score a model on IMAGE LABELS [IMAGE LABELS ...] through the real pipeline.
 
     LABELS is an integer label raster, a colour mask, or vector polygons (with --class-field).
@@ -383,7 +388,7 @@ def evaluate(pairs: tuple[str, ...], model: str | None, label_config: Path | Non
     result = run_evaluation(
         model, pairs[0::2], pairs[1::2], label_config=label_config, class_field=class_field,
         tile_size=tile_size, overlap=overlap, batch_size=batch_size, device=device,
-        bands=parse_bands(bands), json_path=json_path, plot_dir=plot_dir, log=say,
+        bands=parse_bands(bands), tta=tta, json_path=json_path, plot_dir=plot_dir, log=say,
     )  # fmt: skip
     click.echo(result.table())
     for path in result.plots:

@@ -211,6 +211,7 @@ def evaluate(
     batch_size: int | None = None,
     device: str | None = None,
     bands: Sequence[int] | None = None,
+    tta: str | None = None,
     json_path: str | Path | None = None,
     plot_dir: str | Path | None = None,
     log: Log | None = None,
@@ -229,6 +230,7 @@ def evaluate(
         batch_size: Tiles per forward pass.
         device: ``auto``, ``cpu``, ``cuda``.
         bands: 1-based image bands fed to the model.
+        tta: Test-time augmentation, as for :func:`geoseg.segment` (``none``, ``flips``, ``d4``).
         json_path: Write the metrics here as JSON.
         plot_dir: Save ``confusion_matrix.png`` and one ``<image>_comparison.png`` per image here.
         log: Where status lines go.
@@ -265,6 +267,7 @@ def evaluate(
                 batch_size=batch_size,
                 device=device,
                 bands=bands,
+                tta=tta,
                 vectorize=False,
                 preview=False,
                 allow_ungeoreferenced=True,

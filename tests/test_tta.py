@@ -11,6 +11,7 @@ import geoseg
 from geoseg.cli import main
 from geoseg.config import InferenceConfig, config_from_mapping
 from geoseg.errors import ConfigError
+from geoseg.evaluate import evaluate
 from geoseg.inference import TTA_TRANSFORMS, Predictor, tta_forward, tta_inverse
 from geoseg.model import ModelCard, SegmentationModel
 from geoseg.types import ClassTable
@@ -147,3 +148,24 @@ def test_tta_on_cuda_with_fp16_matches_cpu():
     gpu = Predictor(wrap(PositionModel()), "cuda", tta="d4").predict(x)
     assert gpu.dtype == np.float32
     np.testing.assert_allclose(gpu, cpu, atol=2e-2)
+
+
+def test_evaluate_scores_the_tta_prediction(tiny_checkpoint, make_raster, tmp_path):
+    scene = make_raster(height=90, width=100)
+    kw = {"tile_size": 64, "overlap": 16}
+    d4 = geoseg.segment(
+        scene, tmp_path / "d4", model=tiny_checkpoint, tta="d4", vectorize=False, **kw
+    )
+    # labels = the d4 prediction: evaluate with d4 matches it exactly, without TTA it does not
+    assert evaluate(tiny_checkpoint, [scene], [d4.classes_path], tta="d4", **kw).summary[
+        "pixel_accuracy"
+    ] == pytest.approx(1.0)
+    plain = evaluate(tiny_checkpoint, [scene], [d4.classes_path], **kw)
+    assert plain.summary["pixel_accuracy"] < 1.0
+    cli = CliRunner().invoke(
+        main,
+        ["evaluate", "-m", str(tiny_checkpoint), "--tta", "d4", "--tile-size", "64",
+         "--overlap", "16", str(scene), str(d4.classes_path)],
+    )  # fmt: skip
+    assert cli.exit_code == 0, cli.output
+    assert "pixel accuracy       1.0000" in cli.output
