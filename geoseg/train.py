@@ -127,10 +127,10 @@ def _task_class() -> Any:
             )
             self.hparams["model"] = canonical_arch(arch)
             self._confusion: torch.Tensor | None = None
-            # Saved in the hyper-parameters: load_model folds them into the exported network.
             # Training time over every session of the run, carried in the checkpoints.
             self.seconds_before = 0.0
             self.session_started = time.perf_counter()
+            # Saved in the hyper-parameters: load_model folds them into the exported network.
             self.logit_offsets = (
                 torch.tensor(list(logit_offsets), dtype=torch.float32).view(1, -1, 1, 1)
                 if logit_offsets is not None
