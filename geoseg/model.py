@@ -132,7 +132,8 @@ class ModelCard:
         """A human-readable model card (what ``geoseg info MODEL`` prints)."""
         lines = [
             f"model:        {self.name}",
-            f"architecture: {self.arch} / encoder {self.encoder}",
+            f"architecture: {self.arch} / encoder {self.encoder}"
+            + (f" ({_fmt_value(dict(self.arch_kwargs))})" if self.arch_kwargs else ""),
             f"input:        {self.in_channels} bands {', '.join(self.bands)} ({self.dtype})",
             f"normalise:    mean {_fmt(self.mean)}  std {_fmt(self.std)}",
             f"tile size:    {self.tile_size} px (output stride {self.output_stride})",

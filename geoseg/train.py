@@ -24,6 +24,7 @@ Relative paths are resolved against the config file's folder.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import logging
@@ -147,6 +148,27 @@ def _task_class() -> Any:
                 **dict(hp.get("arch_kwargs") or {}),
             )
 
+        def configure_losses(self) -> None:
+            hp = self.hparams
+            if hp["loss"] not in ("dice", "jaccard", "ce+dice"):
+                super().configure_losses()  # ce, focal: torchgeo's, with the ignore index
+                return
+            import segmentation_models_pytorch as smp
+
+            # smp's region losses take the ignore index themselves (torchgeo's jaccard passes
+            # a class list instead, which fails on ignored pixels).
+            region_cls = smp.losses.JaccardLoss if hp["loss"] == "jaccard" else smp.losses.DiceLoss
+            region = region_cls(mode="multiclass", ignore_index=hp["ignore_index"])
+            if hp["loss"] != "ce+dice":
+                self.criterion = region
+                return
+            weights = hp["class_weights"]
+            ce = torch.nn.CrossEntropyLoss(
+                ignore_index=hp["ignore_index"] if hp["ignore_index"] is not None else -1000,
+                weight=torch.tensor(weights, dtype=torch.float32) if weights else None,
+            )
+            self.criterion = _SumLoss(ce, region)
+
         def configure_optimizers(self) -> Any:
             hp = self.hparams
             optimizer = torch.optim.AdamW(
@@ -242,6 +264,16 @@ def _task_class() -> Any:
                     summary["pixel_accuracy"] or 0.0,
                     per,
                 )
+
+    class _SumLoss(torch.nn.Module):
+        """The sum of two losses (cross-entropy + Dice)."""
+
+        def __init__(self, first: torch.nn.Module, second: torch.nn.Module) -> None:
+            super().__init__()
+            self.first, self.second = first, second
+
+        def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+            return self.first(logits, target) + self.second(logits, target)  # type: ignore[no-any-return]
 
     return GeosegSegmentationTask
 
@@ -382,7 +414,18 @@ def train(
     if offsets is not None:
         log.info("prior correction: logit offsets %s folded into the exported model", _r(offsets))
 
-    card = _card(cfg, items[0].image, mean, std, freq, offsets)
+    init = load_init_model(cfg.model.init) if cfg.model.init is not None else None
+    if init is not None:
+        if init.card.in_channels != items[0].image.shape[0]:
+            raise ConfigError(
+                f"model.init: {init.card.name} takes {init.card.in_channels} bands "
+                f"({', '.join(init.card.bands)}) but the training images have "
+                f"{items[0].image.shape[0]}; choose bands with data.bands"
+            )
+        # The starting weights expect the inputs normalised as they were trained.
+        mean, std = list(init.card.mean), list(init.card.std)
+        log.info("fine-tuning %s (%s); its band mean/std are kept", init.card.name, cfg.model.init)
+    card = _card(cfg, items[0].image, mean, std, freq, offsets, init=init)
     task_cls = _task_class()
     task = task_cls(
         arch=cfg.model.arch,
@@ -401,6 +444,10 @@ def train(
         logit_offsets=offsets,
         geoseg_card=card.to_dict(),
     )
+    if init is not None and not resume_from:
+        fresh = initialize_from(task.model, init, card.classes.names, offsets)
+        if fresh:
+            log.info("trained afresh (the init model's legend differs): %s", ", ".join(fresh))
     stride = int(getattr(task.model.encoder, "output_stride", 32))
     train_set = train_data.RandomCropDataset(
         train_items,
@@ -411,6 +458,7 @@ def train(
         seed=tc.seed,
         sampling=tc.sampling,
         scale=tc.scale,
+        color_jitter=float(tc.color_jitter),
     )
     val_set = train_data.WholeImageDataset(val_items, mean, std, stride=stride)
     train_loader: DataLoader[dict[str, torch.Tensor]] = DataLoader(
@@ -585,6 +633,69 @@ def logit_offsets(weights: Sequence[float] | None) -> list[float] | None:
     return [-math.log(w) if w > 0 else 0.0 for w in weights]
 
 
+def load_init_model(init: str | Path) -> SegmentationModel:
+    """The model ``model.init`` names: ``"default"`` (the shipped model) or a checkpoint path."""
+    from geoseg.errors import ModelError
+    from geoseg.model import load_model
+
+    try:
+        return load_model(None if init == "default" else init)
+    except ModelError as exc:
+        raise ConfigError(f"model.init: {exc}") from exc
+
+
+def initialize_from(
+    module: torch.nn.Module,
+    init: SegmentationModel,
+    class_names: Sequence[str],
+    offsets: Sequence[float] | None,
+) -> list[str]:
+    """Copy ``init``'s weights into a freshly built network, for fine-tuning.
+
+    The network must be the same architecture, encoder and band count. The classification head
+    is copied only when ``class_names`` equal the init model's legend, in order; otherwise it
+    stays freshly initialised (a new legend is learnt on top of the pretrained features). When
+    the new run applies its own prior correction (``offsets``), the init model's folded offsets
+    are taken out of its head first, so that they are not counted twice at export.
+
+    Returns:
+        The names of the parameters left freshly initialised.
+
+    Raises:
+        ConfigError: when the networks do not match.
+    """
+    import torch
+
+    from geoseg.model import fold_logit_offsets
+
+    source = init.module
+    same_legend = list(init.card.classes.names) == list(class_names)
+    init_offsets = init.card.training.get("logit_offsets")
+    if same_legend and offsets is not None and init_offsets:
+        source = copy.deepcopy(source)
+        fold_logit_offsets(source, [-float(v) for v in init_offsets])
+    src = source.state_dict()
+    dst = module.state_dict()
+    mismatched = [
+        k
+        for k in dst
+        if not k.startswith("segmentation_head.") and (k not in src or src[k].shape != dst[k].shape)
+    ]
+    if mismatched or set(src) != set(dst):
+        raise ConfigError(
+            f"model.init: {init.card.name} is a {init.card.arch}/{init.card.encoder} network "
+            f"with {init.card.in_channels} bands and its weights do not fit the one this config "
+            f"builds (first mismatch: {(mismatched or sorted(set(src) ^ set(dst)))[0]}); set "
+            "model.arch, model.encoder and model.arch_kwargs as the init model has them "
+            "(see `geoseg info`), and give it the same number of bands"
+        )
+    head = [k for k in dst if k.startswith("segmentation_head.")]
+    keep = [k for k in dst if k not in head or (same_legend and src[k].shape == dst[k].shape)]
+    with torch.no_grad():
+        module.load_state_dict({**dst, **{k: src[k].to(dst[k].dtype) for k in keep}})
+    return [k for k in dst if k not in keep]
+
+
 def _card(
     cfg: TrainConfig,
     sample: npt.NDArray[Any],
@@ -592,6 +703,8 @@ def _card(
     std: Sequence[float],
     freq: npt.NDArray[np.float64],
     offsets: Sequence[float] | None = None,
+    *,
+    init: SegmentationModel | None = None,
 ) -> ModelCard:
     n = sample.shape[0]
     names = cfg.data.band_names or tuple(f"band_{i + 1}" for i in range(n))
@@ -624,6 +737,7 @@ def _card(
             "crop": tc.crop,
             "sampling": tc.sampling,
             "scale": list(tc.scale) if tc.scale else None,
+            "color_jitter": tc.color_jitter,
             "batch_size": tc.batch_size,
             "loss": tc.loss,
             "lr": tc.lr,
@@ -631,6 +745,7 @@ def _card(
             "val_groups": list(cfg.data.val_groups),
             "class_shares": [round(float(f), 4) for f in freq],
             "logit_offsets": _r(offsets) if offsets is not None else None,
+            "init": f"{init.card.name} ({cfg.model.init})" if init is not None else None,
         },
         data_source=cfg.card.get("data_source", ""),
         licence=cfg.card.get("licence", ""),

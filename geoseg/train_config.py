@@ -16,7 +16,7 @@ from geoseg import train_data
 from geoseg.errors import ConfigError
 from geoseg.types import ClassTable
 
-LOSSES = ("ce", "focal", "jaccard")
+LOSSES = ("ce", "focal", "dice", "jaccard", "ce+dice")
 SCHEDULERS = ("onecycle", "cosine", "plateau")
 
 
@@ -43,6 +43,8 @@ class ModelConfig:
     encoder: str = "resnet18"
     arch_kwargs: Mapping[str, Any] = field(default_factory=dict)
     tile_size: int = 512
+    # Weights to start from (fine-tuning): a checkpoint path, or "default" for the shipped model.
+    init: str | Path | None = None
 
 
 @dataclass(frozen=True)
@@ -52,6 +54,7 @@ class TrainingConfig:
     crop: int = 256
     sampling: str = "sqrt"
     scale: tuple[float, float] | None = None
+    color_jitter: float = 0.0
     batch_size: int = 8
     max_steps: int = 2000
     steps_per_epoch: int = 100
@@ -134,7 +137,7 @@ def load_config(source: str | Path | Mapping[str, Any]) -> TrainConfig:
         classes=classes,
         class_entries=tuple(entries),
         data=_data_config(raw["data"], base),
-        model=_section(ModelConfig, raw.get("model", {}), "model"),
+        model=_model_config(raw.get("model", {}), base),
         training=_training_config(raw.get("training", {})),
         card={str(k): str(v) for k, v in dict(raw.get("card", {}) or {}).items()},
     )
@@ -165,6 +168,22 @@ def _section(cls: Any, raw: Any, where: str) -> Any:
         raise ConfigError(f"'{where}': {exc}") from exc
 
 
+def _model_config(raw: Any, base: Path) -> ModelConfig:
+    cfg: ModelConfig = _section(ModelConfig, raw, "model")
+    init = cfg.init
+    if init is None or init == "default":
+        return cfg
+    if not isinstance(init, str) or not init:
+        raise ConfigError(f"model.init must be a checkpoint path or 'default', got {init!r}")
+    path = _path(base, init)
+    if not path.is_file():
+        raise ConfigError(
+            f"model.init: checkpoint {path} does not exist; give a geoseg or Lightning "
+            "checkpoint, or 'default' to fine-tune the shipped model"
+        )
+    return dataclasses.replace(cfg, init=path)
+
+
 def _training_config(raw: Any) -> TrainingConfig:
     cfg: TrainingConfig = _section(TrainingConfig, raw, "training")
     ints = ("crop", "batch_size", "max_steps", "steps_per_epoch", "checkpoint_every_n_steps")
@@ -188,6 +207,11 @@ def _training_config(raw: Any) -> TrainingConfig:
                 f"training.scale must be a zoom range [low, high] with 0 < low <= high, got {sc!r}"
             )
         cfg = dataclasses.replace(cfg, scale=(float(sc[0]), float(sc[1])))
+    cj = cfg.color_jitter
+    if isinstance(cj, bool) or not isinstance(cj, int | float) or not 0 <= cj < 1:
+        raise ConfigError(
+            f"training.color_jitter must be a strength in [0, 1) (e.g. 0.2), got {cj!r}"
+        )
     if cfg.loss not in LOSSES:
         raise ConfigError(f"training.loss must be one of {LOSSES}, got {cfg.loss!r}")
     if cfg.scheduler not in SCHEDULERS:

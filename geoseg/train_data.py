@@ -403,6 +403,7 @@ class RandomCropDataset:
         augment: bool = True,
         sampling: str = "sqrt",
         scale: tuple[float, float] | None = None,
+        color_jitter: float = 0.0,
     ) -> None:
         if not items:
             raise TrainingError("no training images")
@@ -418,6 +419,9 @@ class RandomCropDataset:
         if scale is not None and not 0 < scale[0] <= scale[1]:
             raise TrainingError(f"scale must be a range 0 < low <= high, got {scale!r}")
         self.scale = scale
+        if not 0 <= color_jitter < 1:
+            raise TrainingError(f"color_jitter must be in [0, 1), got {color_jitter!r}")
+        self.color_jitter = color_jitter
         pixels = np.array([i.pixels for i in self.items], dtype=np.float64)
         draw = {"pixels": pixels, "sqrt": np.sqrt(pixels), "images": np.ones_like(pixels)}
         self.weights = draw[sampling] / draw[sampling].sum()
@@ -442,6 +446,8 @@ class RandomCropDataset:
             image, label = resample_crop(image, label, self.crop)
         if self.augment:
             image, label = flip_rotate(image, label, rng)
+            if self.color_jitter:
+                image = jitter_colors(image, self.color_jitter, rng, item.image.dtype)
         x = (image.astype(np.float32) - self.mean) / self.std
         return {
             "image": torch.from_numpy(np.ascontiguousarray(x)),
@@ -499,6 +505,34 @@ def flip_rotate(
     if rng.integers(0, 2):
         image, label = image[:, :, ::-1], label[:, ::-1]
     return image, label
+
+
+def jitter_colors(
+    image: npt.NDArray[Any],
+    strength: float,
+    rng: np.random.Generator,
+    dtype: npt.DTypeLike = np.uint8,
+) -> npt.NDArray[np.float32]:
+    """Random photometric change of a crop ``(C, H, W)``: brightness, contrast, saturation, tint.
+
+    Scenes differ in illumination, haze and camera colour balance (tiles of one set alike), so
+    each crop is scaled by a brightness factor, stretched about its mean by a contrast factor,
+    moved towards or away from its band-mean grey by a saturation factor (each drawn uniformly
+    from ``1 +- strength``), and each band gets its own gain in ``1 +- strength / 4``. Integer
+    data are clipped to the range of ``dtype``.
+    """
+    x = np.asarray(image, dtype=np.float32)
+    low, high = 1.0 - strength, 1.0 + strength
+    brightness, contrast, saturation = rng.uniform(low, high, size=3)
+    gains = rng.uniform(1.0 - strength / 4, 1.0 + strength / 4, size=(x.shape[0], 1, 1))
+    grey = x.mean(axis=0, keepdims=True)
+    x = grey + (x - grey) * saturation
+    centre = float(x.mean())
+    x = ((x - centre) * contrast + centre) * brightness * gains
+    if np.issubdtype(dtype, np.integer):
+        info = np.iinfo(dtype)
+        np.clip(x, info.min, info.max, out=x)
+    return x.astype(np.float32, copy=False)
 
 
 class WholeImageDataset:

@@ -81,6 +81,8 @@ def test_info_scene_and_model(tiny_checkpoint, make_raster):
     assert result.exit_code == 0 and "120 x 100 px" in result.output
     result = invoke("info", tiny_checkpoint)
     assert result.exit_code == 0 and "tiny-unet" in result.output and "water" in result.output
+    # what model.init needs to fine-tune it: the architecture keys
+    assert "unet / encoder resnet18 (decoder_channels=[32, 16, 16, 8, 8])" in result.output
 
 
 @pytest.mark.skipif(default_model_path().exists(), reason="a default model is installed")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -16,8 +17,8 @@ from PIL import Image
 import geoseg
 from geoseg import train_data
 from geoseg.errors import ConfigError, TrainingError
-from geoseg.model import load_model
-from geoseg.train import load_config, load_data, logit_offsets, train
+from geoseg.model import build_model, create_module, load_model, save_checkpoint
+from geoseg.train import initialize_from, load_config, load_data, logit_offsets, train
 from tests.conftest import DATA, write_raster
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -115,6 +116,10 @@ def test_config_errors_name_the_key(tmp_path: Path) -> None:
         (("training", "scale"), [0, 1], "training.scale"),
         (("training", "scale"), 2.0, "training.scale"),
         (("training", "prior_correction"), "yes", "training.prior_correction"),
+        (("training", "color_jitter"), 1.0, "training.color_jitter"),
+        (("training", "color_jitter"), "strong", "training.color_jitter"),
+        (("model", "init"), "missing.pt", "model.init: checkpoint .* does not exist"),
+        (("model", "init"), 3, "model.init must be"),
     ]
     for (section, key), value, message in cases:
         cfg = copy.deepcopy(base)
@@ -252,3 +257,148 @@ def test_scale_augmentation_zooms_crops_and_keeps_labels() -> None:
     assert zoomed_out == pytest.approx(2 * plain, rel=0.35)
     with pytest.raises(TrainingError, match="scale"):
         train_data.RandomCropDataset([item], 32, 4, [0], [1], scale=(2.0, 1.0))
+
+
+def _states_equal(a: torch.nn.Module, b: torch.nn.Module, prefix: str = "") -> bool:
+    sa, sb = a.state_dict(), b.state_dict()
+    return all(torch.equal(sa[k], sb[k].to(sa[k].dtype)) for k in sa if k.startswith(prefix))
+
+
+def test_fine_tuning_copies_the_init_weights_and_unfolds_its_offsets() -> None:
+    init = load_model(None)  # the shipped default: U-Net/MobileNetV2, 5 classes, offsets folded
+    names = init.card.classes.names
+    kwargs = dict(init.card.arch_kwargs)
+
+    def fresh(k: int, encoder: str = "mobilenet_v2") -> torch.nn.Module:
+        return create_module("unet", encoder, 3, k, **kwargs)
+
+    same = fresh(5)
+    assert not _states_equal(same, init.module, "encoder.")
+    assert initialize_from(same, init, names, None) == []
+    assert _states_equal(same, init.module)  # no correction in the new run: taken as is
+
+    # a run with its own prior correction gets the head without the init's folded offsets
+    corrected = fresh(5)
+    initialize_from(corrected, init, names, [0.1] * 5)
+    offsets = torch.tensor(init.card.training["logit_offsets"])
+    bias = corrected.segmentation_head[0].bias.detach()
+    torch.testing.assert_close(
+        bias, init.module.segmentation_head[0].bias.detach().float() - offsets
+    )
+    assert _states_equal(corrected, init.module, "encoder.")
+    assert _states_equal(corrected, init.module, "decoder.")
+
+    # another legend: pretrained encoder and decoder, new head
+    other = fresh(3)
+    head_before = copy.deepcopy(other.segmentation_head.state_dict())
+    left = initialize_from(other, init, ["water", "crop", "forest"], None)
+    assert left == ["segmentation_head.0.weight", "segmentation_head.0.bias"]
+    assert _states_equal(other, init.module, "encoder.")
+    assert all(
+        torch.equal(v, other.segmentation_head.state_dict()[k]) for k, v in head_before.items()
+    )
+    # same class count, other names: the head is not reused for other meanings
+    renamed = fresh(5)
+    assert initialize_from(renamed, init, ["a", "b", "c", "d", "e"], None) == left
+
+    with pytest.raises(ConfigError, match="model.encoder"):
+        initialize_from(fresh(5, "resnet18"), init, names, None)
+
+
+def test_fine_tune_from_the_default_model(tmp_path: Path) -> None:
+    cfg = dubai_config(tmp_path)
+    cfg["model"]["init"] = "default"
+    cfg["training"].update(max_steps=1, lr=0.0)  # no update: the export is the default model
+    result = train(cfg)
+    assert result.steps == 1
+    log = (tmp_path / "run" / "train.log").read_text()
+    assert "fine-tuning geoseg-landcover-dubai-unet-mnv2" in log
+    tuned, default = load_model(tmp_path / "model.pt"), load_model(None)
+    assert tuned.card.training["init"] == "geoseg-landcover-dubai-unet-mnv2 (default)"
+    # the default model's normalisation, not statistics of the excerpt
+    assert tuned.card.mean == default.card.mean and tuned.card.std == default.card.std
+    # lr 0 (AdamW scales weight decay by it too): the default's weights, except that its folded
+    # offsets were taken out and this run's (from the excerpt's class shares) folded in
+    tuned_params, default_params = (
+        dict(tuned.module.named_parameters()),
+        dict(default.module.named_parameters()),
+    )
+    for name, value in tuned_params.items():
+        if name != "segmentation_head.0.bias":
+            assert torch.equal(value, default_params[name]), name
+    expected = (
+        default_params["segmentation_head.0.bias"].detach().float()
+        - torch.tensor(default.card.training["logit_offsets"])
+        + torch.tensor(tuned.card.training["logit_offsets"])
+    )
+    assert tuned.card.training["logit_offsets"] != default.card.training["logit_offsets"]
+    torch.testing.assert_close(
+        tuned_params["segmentation_head.0.bias"].detach().float(), expected, atol=3e-3, rtol=0
+    )
+
+
+def test_fine_tune_refuses_a_model_with_other_bands(tmp_path: Path) -> None:
+    four = build_model(
+        dataclasses.replace(
+            load_model(None).card, bands=("b", "g", "r", "nir"), mean=(0.0,) * 4, std=(1.0,) * 4
+        )
+    )
+    save_checkpoint(four, tmp_path / "four.pt")
+    cfg = dubai_config(tmp_path)
+    cfg["model"]["init"] = str(tmp_path / "four.pt")
+    with pytest.raises(ConfigError, match="takes 4 bands"):
+        train(cfg)
+
+
+@pytest.mark.parametrize("loss", ["ce", "focal", "dice", "jaccard", "ce+dice"])
+def test_every_loss_skips_ignored_pixels(loss: str) -> None:
+    from geoseg.train import _task_class
+
+    task = _task_class()(
+        arch="unet",
+        backbone="mobilenet_v2",
+        num_classes=3,
+        loss=loss,
+        class_weights=[1.0, 2.0, 0.5],
+    )
+    logits = torch.randn(2, 3, 8, 8, requires_grad=True)
+    target = torch.randint(0, 3, (2, 8, 8))
+    target[:, :4] = 255
+    value = task.criterion(logits, target)
+    assert torch.isfinite(value) and value > 0
+    value.backward()
+    assert logits.grad is not None
+    assert torch.all(logits.grad[:, :, :4] == 0)  # ignored pixels give no gradient
+    assert torch.any(logits.grad[:, :, 4:] != 0)
+
+
+def test_color_jitter_changes_brightness_contrast_and_tint_within_bounds() -> None:
+    rng = np.random.default_rng(0)
+    grey = np.full((3, 16, 16), 100, dtype=np.uint8)
+    means = []
+    for _ in range(200):
+        out = train_data.jitter_colors(grey, 0.2, rng)
+        assert out.dtype == np.float32 and out.shape == grey.shape
+        # a flat grey crop only gets brightness and the per-band gains
+        assert np.all(out >= 100 * 0.8 * 0.95 - 1e-3) and np.all(out <= 100 * 1.2 * 1.05 + 1e-3)
+        means.append(out.mean(axis=(1, 2)))
+    spread = np.ptp(np.array(means), axis=0)
+    assert np.all(spread > 20)  # brightness really varies
+    assert not np.allclose(means[0][0], means[0][1])  # bands get their own gain (tint)
+
+    # strength 0 is the identity; integer data are clipped to their range
+    stripes = np.stack([np.tile(np.arange(0, 256, 16, dtype=np.uint8), (16, 1))] * 3)
+    np.testing.assert_array_equal(train_data.jitter_colors(stripes, 0.0, rng), stripes)
+    outs = [train_data.jitter_colors(stripes, 0.5, rng) for _ in range(50)]
+    assert all(o.min() >= 0 and o.max() <= 255 for o in outs)
+    assert any(o.max() == 255 for o in outs)  # brightened past white, clipped
+    contrasts = [o.std() / stripes.std() for o in outs]
+    assert min(contrasts) < 0.8 and max(contrasts) > 1.2
+
+    item = train_data.LabelledImage(image=stripes, label=stripes[0] // 16, group="g", name="s")
+    plain = train_data.RandomCropDataset([item], 16, 8, [0, 0, 0], [1, 1, 1])
+    jittered = train_data.RandomCropDataset([item], 16, 8, [0, 0, 0], [1, 1, 1], color_jitter=0.3)
+    assert {float(plain[i]["image"].sum()) for i in range(8)} == {float(stripes.sum())}
+    assert len({round(float(jittered[i]["image"].sum())) for i in range(8)}) > 1
+    with pytest.raises(TrainingError, match="color_jitter"):
+        train_data.RandomCropDataset([item], 16, 8, [0], [1], color_jitter=1.5)
