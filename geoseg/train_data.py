@@ -528,11 +528,13 @@ def jitter_colors(
     grey = x.mean(axis=0, keepdims=True)
     x = grey + (x - grey) * saturation
     centre = float(x.mean())
-    x = ((x - centre) * contrast + centre) * brightness * gains
+    out: npt.NDArray[np.float32] = (((x - centre) * contrast + centre) * brightness * gains).astype(
+        np.float32, copy=False
+    )
     if np.issubdtype(dtype, np.integer):
         info = np.iinfo(dtype)
-        np.clip(x, info.min, info.max, out=x)
-    return x.astype(np.float32, copy=False)
+        np.clip(out, info.min, info.max, out=out)
+    return out
 
 
 class WholeImageDataset:
