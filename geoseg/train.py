@@ -405,17 +405,10 @@ def train(
     for side, chosen in (("train", train_items), ("val", val_items)):
         for group, n, px in train_data.iter_groups(chosen):
             log.info("%s: %s  %d images  %.2f Mpx", side, group, n, px / 1e6)
-    mean, std = train_data.band_statistics(train_items)
-    freq = train_data.class_frequencies(train_items, len(cfg.classes))
-    weights = _class_weights(tc.class_weights, freq, len(cfg.classes))
-    offsets = logit_offsets(weights) if tc.prior_correction and tc.loss == "ce" else None
-    log.info("band mean %s std %s", _r(mean), _r(std))
-    log.info("class shares %s  loss weights %s", _r(list(freq)), _r(weights) if weights else None)
-    if offsets is not None:
-        log.info("prior correction: logit offsets %s folded into the exported model", _r(offsets))
-
     init = load_init_model(cfg.model.init) if cfg.model.init is not None else None
-    if init is not None:
+    if init is None:
+        mean, std = train_data.band_statistics(train_items)
+    else:
         if init.card.in_channels != items[0].image.shape[0]:
             raise ConfigError(
                 f"model.init: {init.card.name} takes {init.card.in_channels} bands "
@@ -425,6 +418,14 @@ def train(
         # The starting weights expect the inputs normalised as they were trained.
         mean, std = list(init.card.mean), list(init.card.std)
         log.info("fine-tuning %s (%s); its band mean/std are kept", init.card.name, cfg.model.init)
+    freq = train_data.class_frequencies(train_items, len(cfg.classes))
+    weights = _class_weights(tc.class_weights, freq, len(cfg.classes))
+    offsets = logit_offsets(weights) if tc.prior_correction and tc.loss == "ce" else None
+    log.info("band mean %s std %s", _r(mean), _r(std))
+    log.info("class shares %s  loss weights %s", _r(list(freq)), _r(weights) if weights else None)
+    if offsets is not None:
+        log.info("prior correction: logit offsets %s folded into the exported model", _r(offsets))
+
     card = _card(cfg, items[0].image, mean, std, freq, offsets, init=init)
     task_cls = _task_class()
     task = task_cls(
@@ -689,8 +690,8 @@ def initialize_from(
             "model.arch, model.encoder and model.arch_kwargs as the init model has them "
             "(see `geoseg info`), and give it the same number of bands"
         )
-    head = [k for k in dst if k.startswith("segmentation_head.")]
-    keep = [k for k in dst if k not in head or (same_legend and src[k].shape == dst[k].shape)]
+    # With the encoder and decoder matched, the same legend means the same head shapes.
+    keep = [k for k in dst if same_legend or not k.startswith("segmentation_head.")]
     with torch.no_grad():
         module.load_state_dict({**dst, **{k: src[k].to(dst[k].dtype) for k in keep}})
     return [k for k in dst if k not in keep]
