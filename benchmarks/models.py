@@ -4,6 +4,8 @@
   comparison.
 - ``default``: the shipped default model (``geoseg/data/models/default.pt``) when it is
   installed, else ``resnet18``.
+- a path ending in ``.pt`` or ``.ckpt``: that checkpoint (e.g. an earlier default model, to
+  compare speeds).
 - ``light``: a tiny U-Net (timm's ``test_efficientnet`` encoder, decoder channels 16-8-8-8-8,
   112 k parameters) for the memory benchmarks, where what matters is the pipeline's memory, not
   the network, and scenes of 268-400 Mpx must finish on 2 CPU cores.
@@ -26,6 +28,8 @@ def benchmark_model(kind: str = "resnet18", seed: int = 0) -> Any:
 
     if kind == "default" and default_model_path().exists():
         return load_model(None)
+    if kind.endswith((".pt", ".ckpt")):  # a checkpoint, e.g. an earlier default model
+        return load_model(kind)
     if kind not in KINDS:
         raise SystemExit(f"unknown model {kind!r}; choose one of {', '.join(KINDS)}")
     torch.manual_seed(seed)

@@ -125,7 +125,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--overlap", type=int, default=64)
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--repeat", type=int, default=3)
-    parser.add_argument("--model", choices=KINDS, default="resnet18", help="see models.py")
+    parser.add_argument(
+        "--model", default="resnet18", help=f"{', '.join(KINDS)} or a checkpoint (models.py)"
+    )
     parser.add_argument("--torch-threads", type=int, help="set torch's thread count")
     parser.add_argument("--vectorize", action="store_true", help="also time the GeoPackage")
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/geoseg-bench"))
@@ -194,7 +196,8 @@ def main(argv: list[str] | None = None) -> int:
           f"{mpx_s * 3600 * 100:.0f} km²/h at 10 m")  # fmt: skip
 
     RESULTS.mkdir(exist_ok=True)
-    out = RESULTS / f"pipeline_{args.size}_{args.model}{'_' + args.tag if args.tag else ''}.json"
+    kind = Path(args.model).stem if args.model.endswith((".pt", ".ckpt")) else args.model
+    out = RESULTS / f"pipeline_{args.size}_{kind}{'_' + args.tag if args.tag else ''}.json"
     out.write_text(json.dumps({
         "scene": {"size": args.size, "path": str(scene)},
         "settings": {"tile": args.tile, "overlap": args.overlap, "batch": args.batch,

@@ -193,8 +193,18 @@ def run(
     paths: list[Any] = [expanded] if mosaic else expanded
     import time
 
-    from geoseg.distributed import SceneOutcome, segment_distributed, segment_many, summary_table
     from geoseg.pipeline import segment
+
+    cluster: dict[str, Any] = {"scheduler": dask_scheduler, "n_workers": workers}
+    on_cluster = workers is not None or dask_scheduler is not None
+    many = len(paths) > 1
+    if on_cluster or many:  # dask takes half a second to import: only when it is used
+        from geoseg.distributed import (
+            SceneOutcome,
+            segment_distributed,
+            segment_many,
+            summary_table,
+        )
 
     say = (lambda _m: None) if quiet else (lambda m: click.echo(m, err=True))
     options: dict[str, Any] = {
@@ -220,8 +230,6 @@ def run(
     ]
     if out_dir is not None and len(paths) > 1:
         out_dir.mkdir(parents=True, exist_ok=True)  # it holds one folder per scene
-    cluster: dict[str, Any] = {"scheduler": dask_scheduler, "n_workers": workers}
-    on_cluster = workers is not None or dask_scheduler is not None
     t_start = time.perf_counter()
     if on_cluster and len(paths) > 1:
         outcomes = segment_many(paths, targets, model=model, log=say, **cluster, **options)
@@ -241,7 +249,8 @@ def run(
             result = segment_distributed(scene, target, **cluster, **common)
         else:
             result = segment(scene, target, **common)
-        outcomes.append(SceneOutcome(scene, result, None, time.perf_counter() - t0))
+        if many:
+            outcomes.append(SceneOutcome(scene, result, None, time.perf_counter() - t0))
         if not quiet:
             click.echo(result.summary())
         else:
@@ -300,10 +309,9 @@ def expand_scenes(args: Sequence[str]) -> list[str]:
 def info(target: str) -> None:
     """Print a model card (checkpoint, or 'default') or a scene summary (raster)."""
     if target == "default" or target.endswith((".pt", ".pth", ".ckpt")):
-        from geoseg.model import load_model
+        from geoseg.model import read_card
 
-        card = load_model(None if target == "default" else target).card
-        click.echo(card.summary())
+        click.echo(read_card(None if target == "default" else target).summary())
         return
     from geoseg.read import open_raster, scene_info
 
@@ -319,6 +327,11 @@ def info(target: str) -> None:
     type=int,
     help="Stop at this step, keeping the full LR schedule (resume later to continue).",
 )
+@click.option(
+    "--stop-after-minutes",
+    type=float,
+    help="Stop after this many minutes, keeping the LR schedule (equal-time comparisons).",
+)
 @click.option("--no-resume", is_flag=True, help="Start afresh even if OUTPUT_DIR has last.ckpt.")
 @click.option(
     "--export",
@@ -326,14 +339,24 @@ def info(target: str) -> None:
     type=click.Path(path_type=Path),
     help="Where to write the geoseg checkpoint (default: the config's 'export').",
 )
+@click.option(
+    "--set",
+    "overrides",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Override a config value, e.g. --set model.encoder=tu-tf_efficientnet_lite2 "
+    "--set output_dir=../runs/lite2 (a separate run: resuming refuses another network).",
+)
 @handle_errors
-def train(config: Path, max_steps: int | None, stop_after: int | None, no_resume: bool,
-          export_path: Path | None) -> None:  # fmt: skip
+def train(config: Path, max_steps: int | None, stop_after: int | None,
+          stop_after_minutes: float | None, no_resume: bool, export_path: Path | None,
+          overrides: tuple[str, ...]) -> None:  # fmt: skip
     """Train a segmentation model as CONFIG.yaml describes (see configs/train_default.yaml)."""
     from geoseg.train import train as run_training
 
     result = run_training(config, resume=not no_resume, max_steps=max_steps,
-                          stop_after=stop_after, export=export_path)  # fmt: skip
+                          stop_after=stop_after, stop_after_minutes=stop_after_minutes,
+                          export=export_path, overrides=overrides)  # fmt: skip
     click.echo(f"best checkpoint: {result.best_checkpoint}")
     if result.exported is not None:
         click.echo(f"exported model:  {result.exported}")
@@ -342,8 +365,21 @@ def train(config: Path, max_steps: int | None, stop_after: int | None, no_resume
                    f"pixel accuracy {result.metrics['pixel_accuracy']:.4f}")  # fmt: skip
 
 
+def parse_merges(merges: Sequence[str]) -> dict[str, list[str]] | None:
+    """``("vegetation=tree,low_vegetation", ...)`` as ``{"vegetation": ["tree", ...]}``."""
+    if not merges:
+        return None
+    out = {}
+    for item in merges:
+        name, sep, members = item.partition("=")
+        if not sep or not name or not members:
+            raise click.UsageError(f"--merge {item!r} must be NAME=CLASS,CLASS")
+        out[name] = [m.strip() for m in members.split(",") if m.strip()]
+    return out
+
+
 @main.command()
-@click.argument("pairs", nargs=-1, required=True, type=click.Path(path_type=str))
+@click.argument("pairs", nargs=-1, type=click.Path(path_type=str))
 @click.option(
     "-m", "--model", type=click.Path(path_type=str), help="Checkpoint (default: shipped model)."
 )
@@ -351,6 +387,17 @@ def train(config: Path, max_steps: int | None, stop_after: int | None, no_resume
     "--label-config",
     type=click.Path(path_type=Path),
     help="Training config whose classes describe the label encoding (mask colours).",
+)
+@click.option(
+    "--source",
+    help="The --label-config data source whose labels these are (configs with several).",
+)
+@click.option(
+    "--merge",
+    "merges",
+    multiple=True,
+    metavar="NAME=A,B",
+    help="Also score coarser classes, e.g. vegetation=tree,low_vegetation (default: the card's).",
 )
 @click.option("--class-field", help="Class column of vector labels.")
 @click.option("--tile-size", type=int, help="Tile edge in pixels (default: the model's).")
@@ -372,21 +419,30 @@ def train(config: Path, max_steps: int | None, stop_after: int | None, no_resume
 @click.option("-q", "--quiet", is_flag=True, help="Print the table only.")
 @handle_errors
 def evaluate(pairs: tuple[str, ...], model: str | None, label_config: Path | None,
-             class_field: str | None, tile_size: int | None, overlap: int | None,
-             batch_size: int | None, device: str | None, bands: str | None,
-             json_path: Path | None, plot_dir: Path | None, tta: str | None,
-             quiet: bool) -> None:  # fmt: skip
+             source: str | None, merges: tuple[str, ...], class_field: str | None,
+             tile_size: int | None, overlap: int | None, batch_size: int | None,
+             device: str | None, bands: str | None, json_path: Path | None,
+             plot_dir: Path | None, tta: str | None, quiet: bool) -> None:  # fmt: skip
     """Score a model on IMAGE LABELS [IMAGE LABELS ...] through the real pipeline.
 
     LABELS is an integer label raster, a colour mask, or vector polygons (with --class-field).
+    With --label-config and no pairs, the config's held-out images (of --source) are scored.
     """
     if len(pairs) % 2:
         raise click.UsageError("give IMAGE LABELS pairs (an even number of paths)")
     from geoseg.evaluate import evaluate as run_evaluation
+    from geoseg.evaluate import held_out_pairs
 
+    if not pairs and label_config is not None:
+        pairs = tuple(str(p) for pair in held_out_pairs(label_config, source) for p in pair)
+        if not pairs:
+            raise click.UsageError(
+                f"the held-out groups of {label_config} match no image; give IMAGE LABELS pairs"
+            )
     say = (lambda _m: None) if quiet else (lambda m: click.echo(m, err=True))
     result = run_evaluation(
-        model, pairs[0::2], pairs[1::2], label_config=label_config, class_field=class_field,
+        model, pairs[0::2], pairs[1::2], label_config=label_config, source=source,
+        merge=parse_merges(merges), class_field=class_field,
         tile_size=tile_size, overlap=overlap, batch_size=batch_size, device=device,
         bands=parse_bands(bands), tta=tta, json_path=json_path, plot_dir=plot_dir, log=say,
     )  # fmt: skip

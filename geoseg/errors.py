@@ -70,3 +70,7 @@ class UngeoreferencedWarning(GeosegWarning):
 
 class BandOrderWarning(GeosegWarning):
     """The scene does not name its bands; geoseg assumed the model's band order."""
+
+
+class AlphaBandWarning(GeosegWarning):
+    """A band tagged alpha holds data (e.g. near-infrared), so it is not used as a mask."""

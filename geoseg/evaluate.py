@@ -8,6 +8,7 @@ vector polygons rasterized onto the image grid. Metrics come from :mod:`geoseg.m
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import tempfile
 import time
@@ -15,22 +16,34 @@ import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
 
 from geoseg import metrics as seg_metrics
-from geoseg.errors import GeosegError, InputError, TrainingError, UngeoreferencedWarning
+from geoseg.errors import (
+    ConfigError,
+    GeosegError,
+    InputError,
+    TrainingError,
+    UngeoreferencedWarning,
+)
+from geoseg.label_sets import LabelSets, merge_confusion
 from geoseg.model import SegmentationModel, load_model
 from geoseg.train_data import (
     IGNORE_INDEX,
     LabelEncoding,
     encode_labels,
     encoding_from_classes,
+    encoding_from_labels,
+    folder_pairs,
     rasterize_vector_labels,
 )
 from geoseg.types import ClassTable
+
+if TYPE_CHECKING:
+    from geoseg.train_config import DataConfig, TrainConfig
 
 VECTOR_SUFFIXES = (".gpkg", ".geojson", ".json", ".shp", ".fgb")
 
@@ -58,11 +71,21 @@ class EvaluationResult:
     images: tuple[ImageScore, ...]
     model_name: str
     plots: tuple[Path, ...] = field(default_factory=tuple)
+    # Coarser classes also scored: {coarse name: [legend classes]} (e.g. tree + low vegetation).
+    merge: Mapping[str, Sequence[str]] = field(default_factory=dict)
 
     @property
     def summary(self) -> dict[str, Any]:
         """:func:`geoseg.metrics.summarize` of the pooled confusion matrix."""
         return seg_metrics.summarize(self.confusion, self.classes.names)
+
+    @property
+    def coarse_summary(self) -> dict[str, Any] | None:
+        """The same metrics on the merged classes (``None`` without ``merge``)."""
+        if not self.merge:
+            return None
+        cm, names = merge_confusion(self.confusion, self.classes.names, self.merge)
+        return seg_metrics.summarize(cm, names)
 
     @property
     def megapixels_per_second(self) -> float:
@@ -86,33 +109,46 @@ class EvaluationResult:
                     "seconds": round(score.seconds, 3),
                 }
             )
+        coarse = self.coarse_summary
         return {
             "model": self.model_name,
             "classes": self.classes.names,
             **self.summary,
+            "coarse": {"merge": {k: list(v) for k, v in self.merge.items()}, **coarse}
+            if coarse
+            else None,
             "megapixels_per_second": round(self.megapixels_per_second, 4),
             "images": per_image,
             "plots": [str(p) for p in self.plots],
         }
 
     def table(self) -> str:
-        """A text table of per-class and overall metrics."""
-        s = self.summary
-        lines = [f"{'class':<16}{'IoU':>8}{'Dice':>8}{'recall':>8}{'pixels':>12}"]
-        for name, v in s["per_class"].items():
-            lines.append(
-                f"{name:<16}{_cell(v['iou'])}{_cell(v['dice'])}{_cell(v['accuracy'])}"
-                f"{v['pixels']:>12d}"
-            )
-        lines += [
-            f"mean IoU             {_cell(s['miou']).strip()}",
-            f"mean Dice            {_cell(s['mean_dice']).strip()}",
-            f"pixel accuracy       {_cell(s['pixel_accuracy']).strip()}",
-            f"mean class accuracy  {_cell(s['mean_class_accuracy']).strip()}",
+        """A text table of per-class and overall metrics (and of the merged classes)."""
+        lines = _summary_table(self.summary)
+        coarse = self.coarse_summary
+        if coarse is not None:
+            merged = "; ".join(f"{k} = {' + '.join(v)}" for k, v in self.merge.items())
+            lines += ["", f"coarse classes ({merged}):", *_summary_table(coarse)]
+        lines.append(
             f"images {len(self.images)}, {sum(i.megapixels for i in self.images):.2f} Mpx, "
-            f"{self.megapixels_per_second:.2f} Mpx/s through the pipeline",
-        ]
+            f"{self.megapixels_per_second:.2f} Mpx/s through the pipeline"
+        )
         return "\n".join(lines)
+
+
+def _summary_table(s: Mapping[str, Any]) -> list[str]:
+    lines = [f"{'class':<16}{'IoU':>8}{'Dice':>8}{'recall':>8}{'pixels':>12}"]
+    for name, v in s["per_class"].items():
+        lines.append(
+            f"{name:<16}{_cell(v['iou'])}{_cell(v['dice'])}{_cell(v['accuracy'])}{v['pixels']:>12d}"
+        )
+    lines += [
+        f"mean IoU             {_cell(s['miou']).strip()}",
+        f"mean Dice            {_cell(s['mean_dice']).strip()}",
+        f"pixel accuracy       {_cell(s['pixel_accuracy']).strip()}",
+        f"mean class accuracy  {_cell(s['mean_class_accuracy']).strip()}",
+    ]
+    return lines
 
 
 def _cell(value: float | None) -> str:
@@ -122,28 +158,68 @@ def _cell(value: float | None) -> str:
 def label_encoding_for(
     classes: ClassTable,
     label_config: str | Path | Mapping[str, Any] | None = None,
-) -> LabelEncoding:
-    """How label files map to the model's classes.
+    *,
+    source: str | None = None,
+) -> tuple[LabelEncoding, LabelSets]:
+    """How label files map to the model's classes, and the class sets some labels stand for.
 
     Without ``label_config``, integer labels are class ids (or, for vectors, class names) and colour
     masks use the model's display colours. A training config (its ``classes`` with
-    ``mask_color``/``value`` and ``data.ignore``) describes other encodings; its class names must
-    match the model's.
+    ``mask_color``/``value`` and ``data.ignore``, or a source's own ``labels`` table) describes
+    other encodings; its class names must match the model's. A config with several data sources
+    needs ``source``.
     """
     if label_config is None:
         values: dict[Any, int] = {c.id: c.id for c in classes}
         values.update({c.name: c.id for c in classes})
         colors = {(r << 16) | (g << 8) | b: c.id for c in classes for r, g, b in [c.color]}
-        return LabelEncoding(colors, values, frozenset(), frozenset({IGNORE_INDEX}))
-    from geoseg.train import load_config
-
-    cfg = load_config(label_config)
+        encoding = LabelEncoding(colors, values, frozenset(), frozenset({IGNORE_INDEX}))
+        return encoding, LabelSets(len(classes))
+    cfg = _label_config(label_config)
     if cfg.classes.names != classes.names:
         raise InputError(
             f"the label config's classes {cfg.classes.names} differ from the model's "
             f"{classes.names}; evaluate with a config made for this model"
         )
-    return encoding_from_classes(cfg.class_entries, classes, list(cfg.data.ignore))
+    chosen = _source(cfg, source)
+    sets = cfg.label_sets
+    if chosen.labels:
+        return encoding_from_labels(chosen.labels, classes, sets, list(chosen.ignore)), sets
+    encoding = encoding_from_classes(cfg.class_entries, classes, list(chosen.ignore))
+    return encoding, sets
+
+
+def _label_config(label_config: str | Path | Mapping[str, Any]) -> TrainConfig:
+    from geoseg.train_config import load_config
+
+    return load_config(label_config)
+
+
+def _source(cfg: TrainConfig, name: str | None) -> DataConfig:
+    try:
+        return cfg.source(name)
+    except ConfigError as exc:
+        raise InputError(f"{exc} with --source") from exc
+
+
+def held_out_pairs(
+    label_config: str | Path | Mapping[str, Any], source: str | None = None
+) -> list[tuple[Path, Path]]:
+    """(image, labels) paths of a training config's held-out groups (its ``val_groups``).
+
+    The images a model trained with that config never saw: what ``geoseg evaluate --label-config
+    CONFIG --source NAME`` scores when no pairs are given.
+    """
+    cfg = _label_config(label_config)
+    chosen = _source(cfg, source)
+    if chosen.source != "folders" or chosen.root is None:
+        return [
+            (Path(s["image"]), Path(s["labels"]))
+            for s in chosen.scenes
+            if Path(s["image"]).stem in chosen.val_groups
+        ]
+    pairs = folder_pairs(chosen.root, chosen.images, chosen.masks, chosen.pair_key)
+    return [(image, mask) for group, image, mask in pairs if group in chosen.val_groups]
 
 
 def read_labels(
@@ -205,6 +281,8 @@ def evaluate(
     labels: Sequence[str | Path],
     *,
     label_config: str | Path | Mapping[str, Any] | None = None,
+    source: str | None = None,
+    merge: Mapping[str, Sequence[str]] | None = None,
     class_field: str | None = None,
     tile_size: int | None = None,
     overlap: int | None = None,
@@ -224,6 +302,10 @@ def evaluate(
         labels: One label file per image: integer raster, colour mask, or vector polygons.
         label_config: A training config whose classes say how labels encode classes (see
             :func:`label_encoding_for`); default: class ids / display colours / class names.
+        source: The data source of ``label_config`` whose label table applies (configs with
+            several sources).
+        merge: Coarser classes to score as well, ``{name: [legend classes]}``; default: the
+            model card's ``training.coarse`` when it has one.
         class_field: The class column of vector labels.
         tile_size: Pipeline tile size (default: the model's).
         overlap: Pipeline tile overlap.
@@ -246,8 +328,14 @@ def evaluate(
     say: Log = log or (lambda _m: None)
     seg_model = model if isinstance(model, SegmentationModel) else load_model(model)
     card = seg_model.card
-    encoding = label_encoding_for(card.classes, label_config)
     k = card.num_classes
+    encoding, sets = label_encoding_for(card.classes, label_config, source=source)
+    if merge is None:
+        merge = dict(card.training.get("coarse") or {})
+    try:
+        merge_confusion(np.zeros((k, k), np.int64), card.classes.names, merge)
+    except ValueError as exc:
+        raise InputError(f"merge: {exc}") from exc
     total = np.zeros((k, k), dtype=np.int64)
     scores = []
     plots: list[Path] = []
@@ -274,6 +362,7 @@ def evaluate(
             )
             seconds = time.perf_counter() - t0
             predicted = _read_classes(result.classes_path)
+            truth = sets.resolve(truth, predicted)
             cm = seg_metrics.confusion_matrix(truth, predicted, k)
             total += cm
             missing = seg_metrics.unpredicted(truth, predicted, k)
@@ -294,10 +383,10 @@ def evaluate(
                         image, truth, predicted, card.classes, Path(plot_dir), bands=result.bands
                     )
                 )
-    evaluation = EvaluationResult(card.classes, total, tuple(scores), card.name)
+    evaluation = EvaluationResult(card.classes, total, tuple(scores), card.name, merge=merge)
     if plot_dir is not None:
         plots.insert(0, plot_confusion(evaluation, Path(plot_dir) / "confusion_matrix.png"))
-        evaluation = EvaluationResult(card.classes, total, tuple(scores), card.name, tuple(plots))
+        evaluation = dataclasses.replace(evaluation, plots=tuple(plots))
     if json_path is not None:
         path = Path(json_path)
         try:

@@ -13,6 +13,8 @@ checkpoint itself, nor of tiles.
 from __future__ import annotations
 
 import dataclasses
+import pickle
+import zipfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
@@ -67,6 +69,8 @@ class ModelCard:
     output_stride: int = 32
     ignore_index: int | None = None
     arch_kwargs: Mapping[str, Any] = field(default_factory=dict)
+    # Ground sample distances (metres, finest and coarsest) seen in training, zoom included.
+    gsd_range: tuple[float, float] | None = None
     metrics: Mapping[str, Any] = field(default_factory=dict)
     training: Mapping[str, Any] = field(default_factory=dict)
     data_source: str = ""
@@ -124,6 +128,9 @@ class ModelCard:
                 kwargs[key] = tuple(kwargs[key])
             kwargs["mean"] = tuple(float(v) for v in kwargs["mean"])
             kwargs["std"] = tuple(float(v) for v in kwargs["std"])
+            if kwargs.get("gsd_range") is not None:
+                low, high = kwargs["gsd_range"]
+                kwargs["gsd_range"] = (float(low), float(high))
             return cls(**kwargs)
         except (KeyError, TypeError, ValueError, ConfigError) as exc:
             raise ModelError(f"model card is incomplete or malformed: {exc}") from exc
@@ -137,12 +144,19 @@ class ModelCard:
             f"input:        {self.in_channels} bands {', '.join(self.bands)} ({self.dtype})",
             f"normalise:    mean {_fmt(self.mean)}  std {_fmt(self.std)}",
             f"tile size:    {self.tile_size} px (output stride {self.output_stride})",
+            "pixel size:   "
+            + (
+                f"{self.gsd_range[0]:g}-{self.gsd_range[1]:g} m (ground sample distances "
+                "seen in training)"
+                if self.gsd_range
+                else "not recorded"
+            ),
             "classes:",
         ]
         lines += [f"  {c.id:>3}  {c.name:<16} {c.hex}" for c in self.classes]
         if self.metrics:
             lines.append("metrics:")
-            lines += [f"  {k}: {_fmt_value(v)}" for k, v in self.metrics.items()]
+            lines += _metric_lines(self.metrics, "  ")
         if self.training:
             lines.append("training:")
             lines += [f"  {k}: {_fmt_value(v)}" for k, v in self.training.items()]
@@ -153,6 +167,19 @@ class ModelCard:
         if self.description:
             lines.append(f"about:        {self.description}")
         return "\n".join(lines)
+
+
+def _metric_lines(metrics: Mapping[str, Any], indent: str) -> list[str]:
+    """Metrics one per line; a ``regions`` mapping gets a block per region."""
+    lines = []
+    for key, value in metrics.items():
+        if key == "regions" and isinstance(value, Mapping):
+            for region, scores in value.items():
+                lines.append(f"{indent}region {region}:")
+                lines += _metric_lines(scores, indent + "  ")
+        else:
+            lines.append(f"{indent}{key}: {_fmt_value(value)}")
+    return lines
 
 
 def _fmt(values: Sequence[float]) -> str:
@@ -205,11 +232,17 @@ def create_module(
 ) -> torch.nn.Module:
     """Build an smp network (U-Net, DeepLabV3+, FPN, PSPNet, ...) with any smp/timm encoder.
 
-    ``encoder_weights`` defaults to ``None``: geoseg never downloads weights by itself.
+    ``encoder_weights`` defaults to ``None``: geoseg never downloads weights by itself. The
+    default model's family (U-Net on EfficientNet-Lite) is built by :mod:`geoseg.nets` in plain
+    torch, the same network without importing smp, timm and torchvision (seconds of start-up).
     """
-    import segmentation_models_pytorch as smp
+    from geoseg import nets
 
     name = canonical_arch(arch)
+    if encoder_weights is None and nets.supports(name, encoder, arch_kwargs):
+        return nets.build_unet_efficientnet_lite(encoder, in_channels, num_classes, **arch_kwargs)
+    import segmentation_models_pytorch as smp
+
     try:
         module: torch.nn.Module = smp.create_model(
             name,
@@ -299,6 +332,51 @@ def save_checkpoint(model: SegmentationModel, path: str | Path, *, half: bool = 
 def default_model_path() -> Path:
     """Where the shipped default model lives inside the package."""
     return Path(str(resources.files("geoseg") / "data" / "models" / DEFAULT_MODEL_FILE))
+
+
+class _CardOnlyUnpickler(pickle.Unpickler):
+    """Unpickles a ``torch.save`` payload without torch: tensors and storages become ``None``.
+
+    Only plain containers are rebuilt; every other class a checkpoint names (torch's tensor
+    rebuilders, storages) is replaced by a stub that returns ``None``, so no code from the file
+    runs and torch is never imported.
+    """
+
+    SAFE: frozenset[tuple[str, str]] = frozenset(
+        {("collections", "OrderedDict"), ("builtins", "set"), ("builtins", "frozenset")}
+    )
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) in self.SAFE:
+            return super().find_class(module, name)
+        return _stub
+
+    def persistent_load(self, pid: Any) -> None:
+        return None
+
+
+def _stub(*_args: Any, **_kwargs: Any) -> None:
+    return None
+
+
+def read_card(path: str | Path | None = None) -> ModelCard:
+    """The model card of a geoseg checkpoint, read without importing torch (milliseconds).
+
+    ``None`` reads the shipped default model's. Other checkpoints (torchgeo Lightning ones, or
+    files this reader does not understand) are loaded with :func:`load_model`.
+    """
+    target = Path(path) if path is not None else default_model_path()
+    try:
+        with zipfile.ZipFile(target) as archive:
+            name = next(n for n in archive.namelist() if n.endswith("/data.pkl"))
+            with archive.open(name) as handle:
+                payload = _CardOnlyUnpickler(handle).load()
+    except Exception:  # anything this reader cannot follow: load_model says what is wrong
+        payload = None
+    if isinstance(payload, Mapping) and payload.get("format") == CHECKPOINT_FORMAT:
+        if payload.get("version") == CHECKPOINT_VERSION:
+            return ModelCard.from_dict(payload.get("card", {}))
+    return load_model(path).card
 
 
 def load_model(

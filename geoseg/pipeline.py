@@ -236,6 +236,9 @@ def segment(
         members = [str(scene)]
         with readmod.open_raster(str(scene)) as ds:
             info = readmod.scene_info(ds)
+            alpha_band = readmod.alpha_data_band(ds)
+            if alpha_band is not None:
+                readmod.warn_alpha_data(ds, alpha_band)
     readmod.validate_scene(info, allow_ungeoreferenced=allow_ungeoreferenced)
     if not info.georeferenced:
         warnings.warn(
@@ -468,13 +471,14 @@ def _run(
     )
     from tqdm import tqdm
 
-    bar = tqdm(total=len(grid), unit="tile", disable=not progress, dynamic_ncols=True)
-    bar.update(first_row * len(grid.cols.starts))
+    bar = tqdm(total=len(grid), unit="tile", disable=not progress, dynamic_ncols=True, delay=0.1)
+    count_tiles = _tile_counter(bar)
+    count_tiles(first_row * len(grid.cols.starts))
     try:
         t0 = time.perf_counter()
         if first_row < len(grid.rows.starts):
             on_band = _resumable_sink(writers, partial, rows_done)
-            stats = (engine or local_engine)(job, seg_model, on_band, bar.update, say)
+            stats = (engine or local_engine)(job, seg_model, on_band, count_tiles, say)
         else:
             stats = EngineStats(device="none (every row was written before the interruption)")
         timings["tiles"] = time.perf_counter() - t0
@@ -535,6 +539,32 @@ def _run(
         overlap=overlap, tiles_total=len(grid), tiles_skipped=skipped,
         width=info.width, height=info.height, timings=timings,
     )  # fmt: skip
+
+
+def _tile_counter(bar: Any) -> Progress:
+    """Count finished tiles on a tqdm ``bar`` so that each of its lines is printed once.
+
+    A log, CI output or any other stream that keeps what was written shows every drawing. tqdm
+    draws the bar when ``update`` reaches the total and again, with the overall rate, when it is
+    closed: the count that completes the bar is only stored, for ``close`` to draw. The bar is
+    made with a ``delay`` so that the engine's status lines (its device) come before the first
+    drawing instead of on the same line; as ``close`` draws nothing for a bar never drawn, a bar
+    that only gets its final count is drawn once before it.
+    """
+    drawn = False
+
+    def count(tiles: int) -> None:
+        nonlocal drawn
+        if tiles <= 0:  # a halo row's tiles (a resumed run): nothing new to draw
+            return
+        if bar.n + tiles < bar.total:
+            drawn = bool(bar.update(tiles)) or drawn
+            return
+        if not drawn:  # where the bar stood (not drawn either in a run shorter than the delay)
+            drawn = bool(bar.update(0))
+        bar.n += tiles
+
+    return count
 
 
 @dataclass(frozen=True)

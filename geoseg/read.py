@@ -21,6 +21,7 @@ from rasterio.enums import ColorInterp
 from rasterio.errors import RasterioIOError
 
 from geoseg.errors import (
+    AlphaBandWarning,
     BandMismatchError,
     BandOrderWarning,
     InputError,
@@ -234,6 +235,81 @@ def select_bands(
     )
 
 
+#: Side of the full-resolution window at the scene's centre where an alpha band is sampled.
+ALPHA_SAMPLE = 512
+#: Share of the sample that must be 0 or the maximum for an alpha band to count as a mask (edges
+#: of a real mask may hold in-between values after lossy compression).
+ALPHA_MASK_SHARE = 0.99
+
+
+def alpha_data_band(dataset: Any) -> int | None:
+    """The 1-based index of a band tagged alpha that holds data rather than a mask, or None.
+
+    GDAL reads an alpha band as the validity mask of every band: 0 is transparent, the maximum
+    opaque. Some files tag another band alpha (the NAIP tiles of the Ohio set carry near-infrared
+    as an "alpha" 4th band): read as a mask, it would turn every pixel whose NIR is 0 into nodata.
+    The rule: an alpha band of which less than 99 % of a full-resolution sample (a window at the
+    scene's centre, so no overview blurs a real mask's edges) is 0 or the dtype's maximum holds
+    data; it is then neither a mask nor dropped, just a band like the others (selected by
+    ``--bands`` or by name), and validity comes from the nodata value alone.
+    """
+    alphas = [i + 1 for i, ci in enumerate(dataset.colorinterp) if ci == ColorInterp.alpha]
+    if not alphas:
+        return None
+    band = alphas[0]
+    dtype = np.dtype(dataset.dtypes[band - 1])
+    top = np.iinfo(dtype).max if dtype.kind in "ui" else 1.0
+    h, w = min(dataset.height, ALPHA_SAMPLE), min(dataset.width, ALPHA_SAMPLE)
+    window = rasterio.windows.Window((dataset.width - w) // 2, (dataset.height - h) // 2, w, h)
+    sample = dataset.read(band, window=window)
+    mask_like = float(np.isin(sample, (0, top)).mean())
+    return None if mask_like >= ALPHA_MASK_SHARE else band
+
+
+def warn_alpha_data(dataset: Any, band: int) -> None:
+    """Say once per scene that an alpha-tagged band is read as data."""
+    warnings.warn(
+        f"{dataset.name}: band {band} is tagged alpha but holds data (values other than 0 and "
+        "the maximum, e.g. near-infrared), so it is read as a band, not as a validity mask; "
+        f"retag it with gdal_edit.py -colorinterp_{band} undefined to silence this",
+        AlphaBandWarning,
+        stacklevel=3,
+    )
+
+
+def read_validity(
+    dataset: Any,
+    bands: Sequence[int],
+    alpha_is_data: bool,
+    *,
+    window: Any = None,
+    out_shape: tuple[int, int] | None = None,
+) -> np.ndarray:
+    """``(H, W)`` bool: where every band in ``bands`` is valid (GDAL's masks, or nodata alone).
+
+    ``alpha_is_data`` (see :func:`alpha_data_band`) leaves the alpha band out of it. With
+    ``out_shape`` the read is decimated (nearest neighbour), as for a preview.
+    """
+    n = len(bands)
+    kwargs: dict[str, Any] = {"window": window}
+    if out_shape is not None:
+        kwargs.update(out_shape=(n, *out_shape), resampling=rasterio.enums.Resampling.nearest)
+    if not alpha_is_data:
+        valid: np.ndarray = np.all(dataset.read_masks(list(bands), **kwargs) > 0, axis=0)
+        return valid
+    return valid_by_nodata(dataset.read(list(bands), **kwargs), dataset.nodata)
+
+
+def valid_by_nodata(data: np.ndarray, nodata: float | None) -> np.ndarray:
+    """``(H, W)`` bool from ``(C, H, W)`` data: no band equals ``nodata`` (NaN included)."""
+    if nodata is None:
+        return np.ones(data.shape[1:], dtype=bool)
+    valid: np.ndarray = (
+        ~np.any(np.isnan(data), axis=0) if np.isnan(nodata) else np.all(data != nodata, axis=0)
+    )
+    return valid
+
+
 class TileReader:
     """Windowed reads of selected bands with a validity mask; safe to use from several threads.
 
@@ -249,6 +325,8 @@ class TileReader:
         with rasterio.open(self.path) as ds:
             self.height, self.width = ds.height, ds.width
             self.is_float = np.dtype(ds.dtypes[0]).kind == "f"
+            self.alpha_is_data = alpha_data_band(ds) is not None
+            self.nodata = ds.nodata
 
     def _dataset(self) -> Any:
         ds = getattr(self._local, "ds", None)
@@ -274,7 +352,10 @@ class TileReader:
         rw = inside.to_rasterio()
         try:
             raw = ds.read(self.bands, window=rw)
-            masks = ds.read_masks(self.bands, window=rw)
+            if self.alpha_is_data:  # validity from the pixels just read
+                ok = valid_by_nodata(raw, self.nodata)
+            else:
+                ok = np.all(ds.read_masks(self.bands, window=rw) > 0, axis=0)
         except RasterioIOError as exc:
             # rasterio's own message says "see previous exception"; GDAL's reason is the cause
             reason = str(exc.__cause__ or exc).strip().splitlines()[0]
@@ -283,7 +364,6 @@ class TileReader:
                 f"{inside.col_off}..{inside.col_end}: the file is truncated or corrupt ({reason}); "
                 "download or export it again (gdalinfo -checksum shows whether it reads through)"
             ) from exc
-        ok = np.all(masks > 0, axis=0)
         if self.is_float:
             ok &= np.all(np.isfinite(raw), axis=0)
             raw = np.where(np.isfinite(raw), raw, 0)

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import datetime
 import json
 import logging
 import math
@@ -43,8 +44,10 @@ import numpy.typing as npt
 from geoseg import metrics as seg_metrics
 from geoseg import train_data
 from geoseg.errors import ConfigError, TrainingError
-from geoseg.model import ModelCard, SegmentationModel, canonical_arch, create_module
-from geoseg.train_config import TrainConfig, load_config
+from geoseg.label_sets import LabelSets, merge_confusion
+from geoseg.model import SegmentationModel, canonical_arch, create_module
+from geoseg.train_config import DataConfig, TrainConfig, load_config
+from geoseg.train_export import build_card, export_checkpoint
 
 __all__ = ["TrainConfig", "TrainResult", "export_checkpoint", "load_config", "load_data", "train"]
 
@@ -55,24 +58,56 @@ log = logging.getLogger("geoseg.train")
 
 
 def load_data(cfg: TrainConfig) -> list[train_data.LabelledImage]:
-    """Every labelled image the config names, in memory."""
-    ignore = list(cfg.data.ignore)
-    encoding = train_data.encoding_from_classes(cfg.class_entries, cfg.classes, ignore)
-    if cfg.data.source == "folders":
-        assert cfg.data.root is not None
-        return train_data.load_folder_pairs(
-            cfg.data.root, cfg.data.images, cfg.data.masks, encoding, bands=cfg.data.bands
+    """Every labelled image the config's sources name, in memory (groups prefixed by source)."""
+    items: list[train_data.LabelledImage] = []
+    for source in cfg.sources:
+        items += _load_source(cfg, source)
+    bands = {item.image.shape[0] for item in items}
+    if len(bands) > 1:
+        raise TrainingError(
+            f"the training images have different band counts {sorted(bands)}; choose the same "
+            "bands from every source with data.bands"
         )
-    return [
+    dtypes = {str(item.image.dtype) for item in items}
+    if len(dtypes) > 1:
+        raise TrainingError(
+            f"the training images have different data types {sorted(dtypes)}; one normalisation "
+            "cannot fit them: convert the sources to one type first (e.g. gdal_translate -ot)"
+        )
+    return items
+
+
+def _load_source(cfg: TrainConfig, source: DataConfig) -> list[train_data.LabelledImage]:
+    ignore = list(source.ignore)
+    if source.labels:
+        encoding = train_data.encoding_from_labels(
+            source.labels, cfg.classes, cfg.label_sets, ignore
+        )
+    else:
+        encoding = train_data.encoding_from_classes(cfg.class_entries, cfg.classes, ignore)
+    prefix = source.group("")
+    if source.source == "folders":
+        assert source.root is not None
+        return train_data.load_folder_pairs(
+            source.root,
+            source.images,
+            source.masks,
+            encoding,
+            bands=source.bands,
+            pair_key=source.pair_key,
+            group_prefix=prefix,
+        )
+    items = [
         train_data.load_raster_scene(
             Path(s["image"]),
             Path(s["labels"]),
             encoding,
             class_field=s.get("class_field"),
-            bands=cfg.data.bands,
+            bands=source.bands,
         )
-        for s in cfg.data.scenes
+        for s in source.scenes
     ]
+    return [dataclasses.replace(i, name=prefix + i.name, group=prefix + i.group) for i in items]
 
 
 def _task_class() -> Any:
@@ -109,6 +144,7 @@ def _task_class() -> Any:
             max_steps: int = 1000,
             patience: int = 10,
             logit_offsets: Sequence[float] | None = None,
+            label_sets: Sequence[Sequence[int]] | None = None,
             geoseg_card: Mapping[str, Any] | None = None,
         ) -> None:
             # torchgeo's own 'model' switch knows only a few names; configure_models below
@@ -127,7 +163,13 @@ def _task_class() -> Any:
                 patience=patience,
             )
             self.hparams["model"] = canonical_arch(arch)
-            self._confusion: torch.Tensor | None = None
+            self.sets = LabelSets(num_classes, tuple(tuple(m) for m in label_sets or ()))
+            membership = torch.from_numpy(self.sets.membership())
+            first = torch.tensor([self.sets.members(c)[0] for c in range(self.sets.num_codes)])
+            self.register_buffer("membership", membership, persistent=False)
+            self.register_buffer("first_member", first, persistent=False)
+            # One confusion matrix per region (the source a validation image comes from).
+            self._confusion: dict[str, torch.Tensor] = {}
             # Training time over every session of the run, carried in the checkpoints.
             self.seconds_before = 0.0
             self.session_started = time.perf_counter()
@@ -150,6 +192,12 @@ def _task_class() -> Any:
 
         def configure_losses(self) -> None:
             hp = self.hparams
+            if hp.get("label_sets"):
+                from geoseg.losses import SetCrossEntropy
+
+                sets = LabelSets(int(hp["num_classes"]), tuple(map(tuple, hp["label_sets"])))
+                self.criterion = SetCrossEntropy(sets, hp["class_weights"])
+                return
             if hp["loss"] not in ("dice", "jaccard", "ce+dice"):
                 super().configure_losses()  # ce, focal: torchgeo's, with the ignore index
                 return
@@ -204,6 +252,12 @@ def _task_class() -> Any:
 
         def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
             self.seconds_before = float(checkpoint.get("geoseg_train_seconds", 0.0))
+            # The loss is the current config's (its class weights, its label sets), whatever
+            # state an earlier loss left in the checkpoint.
+            state = checkpoint.get("state_dict", {})
+            for key in [k for k in state if k.startswith("criterion.")]:
+                del state[key]
+            state.update({f"criterion.{k}": v for k, v in self.criterion.state_dict().items()})
             # The schedule is a function of (step, max_steps) rebuilt from the current config,
             # so a run can be resumed with a longer or shorter max_steps: keep only the step.
             states = checkpoint.get("lr_schedulers") or []
@@ -222,9 +276,18 @@ def _task_class() -> Any:
                 ]
             super().on_load_checkpoint(checkpoint)
 
+        def training_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> Any:
+            x, y = batch["image"], batch["mask"]
+            logits = self(x)
+            loss = self.criterion(logits, y)
+            # torchgeo's running metrics know single classes only: score set labels resolved.
+            self.train_metrics(logits, self._resolve(y, logits.argmax(dim=1)))
+            self.log_dict(self.train_metrics, batch_size=x.shape[0])
+            self.log("train_loss", loss, batch_size=x.shape[0])
+            return loss
+
         def on_validation_epoch_start(self) -> None:
-            k = int(self.hparams["num_classes"])
-            self._confusion = torch.zeros(k * k, dtype=torch.int64, device=self.device)
+            self._confusion = {}
 
         def validation_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
             x, y = batch["image"], batch["mask"]
@@ -236,33 +299,63 @@ def _task_class() -> Any:
                 # Score what is exported: logits with the prior correction folded in.
                 logits = logits + self.logit_offsets.to(logits.device, logits.dtype)
             pred = logits.argmax(dim=1)
+            y = self._resolve(y, pred)
             valid = (y >= 0) & (y < k)
-            assert self._confusion is not None
-            self._confusion += torch.bincount(y[valid] * k + pred[valid], minlength=k * k)
+            region = str(batch.get("region", ["all"])[0])
+            cm = torch.bincount(y[valid] * k + pred[valid], minlength=k * k)
+            self._confusion[region] = self._confusion.get(region, torch.zeros_like(cm)) + cm
+
+        def _resolve(self, y: torch.Tensor, pred: torch.Tensor) -> torch.Tensor:
+            """Set-valued labels scored as :meth:`geoseg.label_sets.LabelSets.resolve` does."""
+            k = int(self.hparams["num_classes"])
+            is_set = (y >= k) & (y < self.sets.num_codes)
+            if not bool(is_set.any()):
+                return y
+            codes = torch.where(is_set, y, torch.zeros_like(y))
+            membership: torch.Tensor = self.membership  # type: ignore[assignment]
+            first: torch.Tensor = self.first_member  # type: ignore[assignment]
+            single = torch.where(membership[codes, pred], pred, first[codes])
+            return torch.where(is_set, single, y)
 
         def on_validation_epoch_end(self) -> None:
-            assert self._confusion is not None
             k = int(self.hparams["num_classes"])
-            cm = self._confusion.reshape(k, k).cpu().numpy()
             names = [f"class_{i}" for i in range(k)]
             card = self.hparams.get("geoseg_card")
             if isinstance(card, Mapping):
                 names = [c["name"] for c in card["classes"]]
-            summary = seg_metrics.summarize(cm, names)
-            miou = summary["miou"] or 0.0
+            # Model selection weighs each region alike, whatever its pixel count, and scores the
+            # coarse classes when the config has them (a source labelled with a set, like Dubai's
+            # vegetation, cannot tell its members apart).
+            coarse = dict(card.get("training", {}).get("coarse") or {}) if card else {}
+            regions, selection = {}, {}
+            for region, flat in sorted(self._confusion.items()):
+                cm = flat.reshape(k, k).cpu().numpy()
+                regions[region] = seg_metrics.summarize(cm, names)
+                merged = merge_confusion(cm, names, coarse) if coarse else (cm, names)
+                selection[region] = seg_metrics.summarize(*merged)
+            mious = [r["miou"] or 0.0 for r in selection.values()]
+            miou = float(np.mean(mious)) if mious else 0.0
+            accuracy = [r["pixel_accuracy"] or 0.0 for r in selection.values()]
             self.log("val_miou", miou, prog_bar=True)
-            self.log("val_accuracy", summary["pixel_accuracy"] or 0.0)
-            if not self.trainer.sanity_checking:
+            self.log("val_accuracy", float(np.mean(accuracy)) if accuracy else 0.0)
+            if self.trainer.sanity_checking:
+                return
+            for region, summary in regions.items():
                 per = ", ".join(
                     f"{n} {v['iou']:.3f}" if v["iou"] is not None else f"{n} -"
                     for n, v in summary["per_class"].items()
                 )
                 log.info(
-                    "validation step %d: mIoU %.4f  pixel accuracy %.4f  IoU: %s",
+                    "validation step %d%s: mIoU %.4f  pixel accuracy %.4f  IoU: %s%s",
                     self.global_step,
-                    miou,
+                    "" if region == "all" else f" {region}",
+                    summary["miou"] or 0.0,
                     summary["pixel_accuracy"] or 0.0,
                     per,
+                    f"  (coarse: mIoU {selection[region]['miou'] or 0.0:.4f}, pixel accuracy "
+                    f"{selection[region]['pixel_accuracy'] or 0.0:.4f})"
+                    if coarse
+                    else "",
                 )
 
     class _SumLoss(torch.nn.Module):
@@ -357,7 +450,9 @@ def train(
     ckpt_path: str | Path | None = None,
     max_steps: int | None = None,
     stop_after: int | None = None,
+    stop_after_minutes: float | None = None,
     export: str | Path | None = None,
+    overrides: Sequence[str] = (),
 ) -> TrainResult:
     """Train a segmentation model as ``config`` describes and export the best one.
 
@@ -369,7 +464,12 @@ def train(
         stop_after: Stop at this step without shortening the learning-rate schedule, so that a
             later call (resuming) continues the same run; for comparing candidates on equal
             budgets before training the winner to the end.
+        stop_after_minutes: Stop once this many minutes of training are spent, keeping the
+            schedule as ``stop_after`` does (candidates compared at equal CPU time). Lightning's
+            timer counts the minutes of the sessions a resumed run continues, too.
         export: Override where the geoseg checkpoint is written.
+        overrides: ``KEY=VALUE`` settings applied to a config path or mapping (see
+            :func:`geoseg.train_config.load_config`).
 
     Returns:
         Paths of the best and last Lightning checkpoints and of the exported geoseg checkpoint,
@@ -381,7 +481,7 @@ def train(
     from lightning.pytorch.loggers import CSVLogger
     from torch.utils.data import DataLoader
 
-    cfg = config if isinstance(config, TrainConfig) else load_config(config)
+    cfg = config if isinstance(config, TrainConfig) else load_config(config, overrides)
     if max_steps is not None:
         cfg = dataclasses.replace(
             cfg, training=dataclasses.replace(cfg.training, max_steps=max_steps)
@@ -401,12 +501,24 @@ def train(
     started = time.perf_counter()
 
     items = load_data(cfg)
-    train_items, val_items = train_data.split_by_group(items, cfg.data.val_groups)
+    train_items, val_items = train_data.split_by_group(items, cfg.val_groups)
     for side, chosen in (("train", train_items), ("val", val_items)):
         for group, n, px in train_data.iter_groups(chosen):
             log.info("%s: %s  %d images  %.2f Mpx", side, group, n, px / 1e6)
     init = load_init_model(cfg.model.init) if cfg.model.init is not None else None
-    if init is None:
+    bands = items[0].image.shape[0]
+    if init is None and cfg.model.encoder_weights == "imagenet":
+        from geoseg import pretrained
+
+        pretrained.weights_file(cfg.model.encoder)  # fail early when the package is missing
+        if bands != 3 or items[0].image.dtype != np.uint8:
+            raise ConfigError(
+                f"model.encoder_weights: imagenet weights take 8-bit RGB, but the training images "
+                f"have {bands} bands of {items[0].image.dtype}; choose 3 uint8 bands with "
+                "data.bands, or use encoder_weights: null"
+            )
+        mean, std = [pretrained.MEAN] * bands, [pretrained.STD] * bands
+    elif init is None:
         mean, std = train_data.band_statistics(train_items)
     else:
         if init.card.in_channels != items[0].image.shape[0]:
@@ -418,15 +530,28 @@ def train(
         # The starting weights expect the inputs normalised as they were trained.
         mean, std = list(init.card.mean), list(init.card.std)
         log.info("fine-tuning %s (%s); its band mean/std are kept", init.card.name, cfg.model.init)
-    freq = train_data.class_frequencies(train_items, len(cfg.classes))
-    weights = _class_weights(tc.class_weights, freq, len(cfg.classes))
-    offsets = logit_offsets(weights) if tc.prior_correction and tc.loss == "ce" else None
+        if cfg.model.encoder_weights:
+            log.info("model.encoder_weights is unused: the init model's weights come first")
+    sets = cfg.label_sets
+    if sets.sets and tc.loss != "ce":
+        raise ConfigError(
+            f"training.loss {tc.loss!r} cannot learn set-valued labels (data.labels entries "
+            "with several classes); use loss: ce, which becomes the set-valued cross-entropy"
+        )
+    freq = train_data.class_frequencies(train_items, sets.num_codes)
+    weights = _class_weights(tc.class_weights, freq, sets.num_codes)
+    k = len(cfg.classes)
+    offsets = (
+        logit_offsets(weights[:k] if weights else None)
+        if tc.prior_correction and tc.loss == "ce"
+        else None
+    )
     log.info("band mean %s std %s", _r(mean), _r(std))
     log.info("class shares %s  loss weights %s", _r(list(freq)), _r(weights) if weights else None)
     if offsets is not None:
         log.info("prior correction: logit offsets %s folded into the exported model", _r(offsets))
 
-    card = _card(cfg, items[0].image, mean, std, freq, offsets, init=init)
+    card = build_card(cfg, items[0].image, mean, std, freq, offsets, init=init)
     task_cls = _task_class()
     task = task_cls(
         arch=cfg.model.arch,
@@ -443,8 +568,16 @@ def train(
         max_steps=tc.max_steps,
         patience=max(tc.early_stopping_patience // 2, 1),
         logit_offsets=offsets,
+        label_sets=[list(m) for m in sets.sets] or None,
         geoseg_card=card.to_dict(),
     )
+    if resume_from:
+        check_resumable(resume_from, task.hparams)
+    if init is None and cfg.model.encoder_weights == "imagenet" and not resume_from:
+        from geoseg import pretrained
+
+        copied = pretrained.load_imagenet_encoder(task.model, cfg.model.encoder)
+        log.info("encoder %s: %d ImageNet tensors loaded", cfg.model.encoder, copied)
     if init is not None and not resume_from:
         fresh = initialize_from(task.model, init, card.classes.names, offsets)
         if fresh:
@@ -504,6 +637,7 @@ def train(
         devices=1,
         precision=tc.precision,  # type: ignore[arg-type]
         max_steps=min(stop_after or tc.max_steps, tc.max_steps),
+        max_time=(datetime.timedelta(minutes=stop_after_minutes) if stop_after_minutes else None),
         max_epochs=-1,
         callbacks=[
             best_cb,
@@ -597,14 +731,53 @@ def best_checkpoint(ckpt_dir: Path) -> Path | None:
     return max(scored)[2] if scored else None
 
 
-def _checkpoint_step(path: str) -> int:
+def _read_checkpoint(path: str) -> Mapping[str, Any]:
     import torch
 
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
+        payload: Mapping[str, Any] = torch.load(
+            path, map_location="cpu", weights_only=False, mmap=True
+        )
     except Exception as exc:  # torch raises many types for corrupt checkpoints
         raise TrainingError(f"cannot read checkpoint {path} to resume from: {exc}") from exc
-    return int(payload.get("global_step", 0))
+    return payload
+
+
+def _checkpoint_step(path: str) -> int:
+    return int(_read_checkpoint(path).get("global_step", 0))
+
+
+#: Hyper-parameters a run can only resume with unchanged: they shape the network or the labels.
+RESUME_FIXED = ("model", "backbone", "arch_kwargs", "in_channels", "num_classes", "label_sets")
+
+
+def check_resumable(path: str, hparams: Mapping[str, Any]) -> None:
+    """Refuse to resume a checkpoint of another network or legend than the config builds.
+
+    Raises:
+        ConfigError: naming what differs and how to start another run instead.
+    """
+    saved = dict(_read_checkpoint(path).get("hyper_parameters") or {})
+    changed = [
+        f"{key}: {saved.get(key)!r} -> {hparams.get(key)!r}"
+        for key in RESUME_FIXED
+        if _plain(saved.get(key)) != _plain(hparams.get(key))
+    ]
+    if changed:
+        raise ConfigError(
+            f"cannot resume {path}: it was trained with another network or legend "
+            f"({'; '.join(changed)}); start a separate run with --set output_dir=runs/NAME "
+            "(and --export), or start this one afresh with --no-resume"
+        )
+
+
+def _plain(value: Any) -> Any:
+    """Tuples as lists and mappings as dicts, so saved and new hyper-parameters compare."""
+    if isinstance(value, Mapping):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    return value
 
 
 def _class_weights(
@@ -697,126 +870,6 @@ def initialize_from(
     return [k for k in dst if k not in keep]
 
 
-def _card(
-    cfg: TrainConfig,
-    sample: npt.NDArray[Any],
-    mean: Sequence[float],
-    std: Sequence[float],
-    freq: npt.NDArray[np.float64],
-    offsets: Sequence[float] | None = None,
-    *,
-    init: SegmentationModel | None = None,
-) -> ModelCard:
-    n = sample.shape[0]
-    names = cfg.data.band_names or tuple(f"band_{i + 1}" for i in range(n))
-    if len(names) != n:
-        raise ConfigError(f"data.band_names lists {len(names)} bands but the images have {n}")
-    module = create_module(
-        cfg.model.arch, cfg.model.encoder, n, len(cfg.classes), **dict(cfg.model.arch_kwargs)
-    )
-    stride = int(getattr(getattr(module, "encoder", None), "output_stride", 32))
-    if cfg.model.tile_size % stride:
-        raise ConfigError(f"model.tile_size {cfg.model.tile_size} must be a multiple of {stride}")
-    tc = cfg.training
-    return ModelCard(
-        arch=canonical_arch(cfg.model.arch),
-        encoder=cfg.model.encoder,
-        bands=tuple(names),
-        mean=tuple(mean),
-        std=tuple(std),
-        classes=cfg.classes,
-        name=cfg.name,
-        dtype=str(sample.dtype),
-        tile_size=cfg.model.tile_size,
-        output_stride=stride,
-        ignore_index=cfg.ignore_index,
-        arch_kwargs={
-            k: list(v) if isinstance(v, tuple) else v for k, v in cfg.model.arch_kwargs.items()
-        },
-        training={
-            "config": cfg.name,
-            "crop": tc.crop,
-            "sampling": tc.sampling,
-            "scale": list(tc.scale) if tc.scale else None,
-            "color_jitter": tc.color_jitter,
-            "batch_size": tc.batch_size,
-            "loss": tc.loss,
-            "lr": tc.lr,
-            "scheduler": tc.scheduler,
-            "val_groups": list(cfg.data.val_groups),
-            "class_shares": [round(float(f), 4) for f in freq],
-            "logit_offsets": _r(offsets) if offsets is not None else None,
-            "init": f"{init.card.name} ({cfg.model.init})" if init is not None else None,
-        },
-        data_source=cfg.card.get("data_source", ""),
-        licence=cfg.card.get("licence", ""),
-        description=cfg.card.get("description", ""),
-    )
-
-
-def export_checkpoint(
-    lightning_ckpt: str | Path,
-    out_path: str | Path,
-    *,
-    val_items: Sequence[train_data.LabelledImage] = (),
-    training_info: Mapping[str, Any] | None = None,
-    half: bool = True,
-) -> tuple[SegmentationModel, dict[str, Any]]:
-    """Turn a Lightning checkpoint of this trainer into a geoseg checkpoint (float16 by default).
-
-    When ``val_items`` are given, the exported weights (after the float16 round trip) are scored
-    on them as whole images and the metrics go into the model card.
-    """
-    from geoseg.model import load_model, save_checkpoint
-
-    model = load_model(lightning_ckpt)
-    card = model.card
-    metrics: dict[str, Any] = {}
-    if val_items:
-        if half:
-            # Score what is shipped: weights rounded through float16, as load_model will see them.
-            state = {
-                k: v.half().float() if v.is_floating_point() else v
-                for k, v in model.module.state_dict().items()
-            }
-            model.module.load_state_dict(state)
-        cm = score_whole_images(model, val_items)
-        summary = seg_metrics.summarize(cm, card.classes.names)
-        metrics = {
-            "split": "whole held-out groups " + ", ".join(sorted({i.group for i in val_items})),
-            "miou": summary["miou"],
-            "pixel_accuracy": summary["pixel_accuracy"],
-            "mean_class_accuracy": summary["mean_class_accuracy"],
-            "iou": {n: v["iou"] for n, v in summary["per_class"].items()},
-        }
-        log.info("exported model on held-out images: %s", json.dumps(metrics))
-    training = dict(card.training)
-    training.update(training_info or {})
-    card = dataclasses.replace(card, metrics=metrics or dict(card.metrics), training=training)
-    model = SegmentationModel(model.module, card)
-    save_checkpoint(model, out_path, half=half)
-    return model, metrics
-
-
-def score_whole_images(
-    model: SegmentationModel, items: Sequence[train_data.LabelledImage]
-) -> npt.NDArray[np.int64]:
-    """Confusion matrix of ``model`` on whole images (each padded to the output stride)."""
-    import torch
-
-    card = model.card
-    k = card.num_classes
-    dataset = train_data.WholeImageDataset(items, card.mean, card.std, stride=card.output_stride)
-    cm = np.zeros((k, k), dtype=np.int64)
-    module = model.module.eval()
-    with torch.inference_mode():
-        for i in range(len(dataset)):
-            sample = dataset[i]
-            pred = module(sample["image"][None]).argmax(dim=1)[0].numpy()
-            cm += seg_metrics.confusion_matrix(sample["mask"].numpy(), pred, k)
-    return cm
-
-
 def _r(values: Sequence[float]) -> list[float]:
     return [round(float(v), 4) for v in values]
 
@@ -830,14 +883,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--max-steps", type=int, default=None)
     parser.add_argument("--no-resume", action="store_true")
     parser.add_argument("--stop-after", type=int, default=None)
+    parser.add_argument("--stop-after-minutes", type=float, default=None)
     parser.add_argument("--export", default=None)
+    parser.add_argument("--set", action="append", default=[], dest="overrides")
     args = parser.parse_args(argv)
     result = train(
         args.config,
         resume=not args.no_resume,
         max_steps=args.max_steps,
         stop_after=args.stop_after,
+        stop_after_minutes=args.stop_after_minutes,
         export=args.export,
+        overrides=args.overrides,
     )
     print(
         json.dumps(

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,12 +28,12 @@ import numpy as np
 import numpy.typing as npt
 
 from geoseg.errors import TrainingError
+from geoseg.label_sets import IGNORE_INDEX as IGNORE_INDEX
+from geoseg.label_sets import LabelSets
 from geoseg.types import ClassTable
 
 if TYPE_CHECKING:
     import torch
-
-IGNORE_INDEX = 255
 
 #: Mask values where more than this share of labelled pixels maps to no class mean a wrong table.
 MAX_UNMAPPED_SHARE = 0.01
@@ -159,8 +160,10 @@ def load_folder_pairs(
     encoding: LabelEncoding,
     *,
     bands: Sequence[int] | None = None,
+    pair_key: str | None = None,
+    group_prefix: str = "",
 ) -> list[LabelledImage]:
-    """Image/mask pairs under ``root`` matched by group (first folder) and file stem.
+    r"""Image/mask pairs under ``root`` matched by group (first folder) and file stem.
 
     Args:
         root: Dataset folder.
@@ -168,22 +171,13 @@ def load_folder_pairs(
         mask_glob: Glob of masks relative to ``root`` (e.g. ``tile_*/masks/*.png``).
         encoding: How mask values become class ids.
         bands: 1-based image bands to keep (all when ``None``).
+        pair_key: A regular expression whose first group, matched on both stems, pairs an
+            image with its mask (``(\d+)$`` pairs ``tile_7`` with ``mask_7``); default: equal
+            stems.
+        group_prefix: Put before each group name (``"ohio/"``), so sources stay apart.
     """
-    if not root.is_dir():
-        raise TrainingError(f"data.root {root} is not a folder; check the path in the config")
-    images = sorted(root.glob(image_glob))
-    masks = {_pair_key(p, root): p for p in sorted(root.glob(mask_glob))}
-    if not images:
-        raise TrainingError(f"data.images {image_glob!r} matches no file under {root}")
     out = []
-    for image_path in images:
-        key = _pair_key(image_path, root)
-        mask_path = masks.get(key)
-        if mask_path is None:
-            raise TrainingError(
-                f"no mask for {image_path} (looked for stem {key[1]!r} in group {key[0]!r} "
-                f"matching data.masks {mask_glob!r})"
-            )
+    for group, image_path, mask_path in folder_pairs(root, image_glob, mask_glob, pair_key):
         image = _select_bands(_read_array(image_path), bands, image_path)
         label = encode_labels(_read_array(mask_path), encoding, str(mask_path))
         if label.shape != image.shape[1:]:
@@ -191,15 +185,55 @@ def load_folder_pairs(
                 f"{image_path} is {image.shape[1:]} pixels but its mask {mask_path} is "
                 f"{label.shape}; masks must align with their images"
             )
-        name = str(image_path.relative_to(root))
-        out.append(LabelledImage(name, key[0], image, label))
+        name = group_prefix + str(image_path.relative_to(root))
+        out.append(LabelledImage(name, group_prefix + group, image, label))
     return out
 
 
-def _pair_key(path: Path, root: Path) -> tuple[str, str]:
+def folder_pairs(
+    root: Path, image_glob: str, mask_glob: str, pair_key: str | None = None
+) -> list[tuple[str, Path, Path]]:
+    """``(group, image, mask)`` for every image under ``root``, paired by group and stem.
+
+    Raises:
+        TrainingError: for a missing root, no image, or an image without its mask.
+    """
+    if not root.is_dir():
+        raise TrainingError(f"data.root {root} is not a folder; check the path in the config")
+    images = sorted(root.glob(image_glob))
+    masks: dict[tuple[str, str], Path] = {}
+    for path in sorted(root.glob(mask_glob)):
+        key = _pair_key(path, root, pair_key)
+        if key in masks:
+            raise TrainingError(
+                f"masks {masks[key]} and {path} both pair with key {key[1]!r} in group "
+                f"{key[0]!r}; make data.pair_key (or the file names) tell them apart"
+            )
+        masks[key] = path
+    if not images:
+        raise TrainingError(f"data.images {image_glob!r} matches no file under {root}")
+    out = []
+    for image_path in images:
+        key = _pair_key(image_path, root, pair_key)
+        mask_path = masks.get(key)
+        if mask_path is None:
+            raise TrainingError(
+                f"no mask for {image_path} (looked for stem {key[1]!r} in group {key[0]!r} "
+                f"matching data.masks {mask_glob!r})"
+            )
+        out.append((key[0], image_path, mask_path))
+    return out
+
+
+def _pair_key(path: Path, root: Path, pattern: str | None = None) -> tuple[str, str]:
     parts = path.relative_to(root).parts
     group = parts[0] if len(parts) > 1 else path.stem
-    return (group, path.stem)
+    if pattern is None:
+        return (group, path.stem)
+    match = re.search(pattern, path.stem)
+    if match is None:
+        raise TrainingError(f"data.pair_key {pattern!r} does not match the file name {path.name}")
+    return (group, match.group(1))
 
 
 def _select_bands(
@@ -352,7 +386,10 @@ def band_statistics(items: Sequence[LabelledImage]) -> tuple[list[float], list[f
 
 
 def class_frequencies(items: Sequence[LabelledImage], num_classes: int) -> npt.NDArray[np.float64]:
-    """Share of labelled pixels per class (ignored pixels excluded)."""
+    """Share of labelled pixels per class (ignored pixels excluded).
+
+    With set-valued labels, ``num_classes`` counts the label codes (classes, then sets).
+    """
     counts = np.zeros(num_classes, dtype=np.float64)
     for item in items:
         counts += np.bincount(item.label.ravel(), minlength=256)[:num_classes]
@@ -559,7 +596,7 @@ class WholeImageDataset:
     def __len__(self) -> int:
         return len(self.items)
 
-    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+    def __getitem__(self, index: int) -> dict[str, Any]:
         import torch
 
         item = self.items[index]
@@ -572,7 +609,13 @@ class WholeImageDataset:
         return {
             "image": torch.from_numpy(np.ascontiguousarray(x)),
             "mask": torch.from_numpy(label.astype(np.int64)),
+            "region": region_of(item.group),
         }
+
+
+def region_of(group: str) -> str:
+    """The source a group belongs to (``"ohio/val"`` -> ``"ohio"``); ``all`` for one source."""
+    return group.split("/", 1)[0] if "/" in group else "all"
 
 
 def iter_groups(items: Sequence[LabelledImage]) -> Iterator[tuple[str, int, int]]:
@@ -610,8 +653,36 @@ def encoding_from_classes(
         else:
             values[entry.get("value", info.id)] = info.id
             values.setdefault(info.name, info.id)
-    ignore_colors = frozenset(
+    return LabelEncoding(colors, values, *_ignored(ignore))
+
+
+def encoding_from_labels(
+    labels: Sequence[Mapping[str, Any]],
+    table: ClassTable,
+    sets: LabelSets,
+    ignore: Sequence[Any],
+) -> LabelEncoding:
+    """A :class:`LabelEncoding` from one source's own label table (``data.labels``).
+
+    Each entry maps a mask colour or value to a legend class, or to a list of classes (a
+    set-valued label, whose code :class:`geoseg.label_sets.LabelSets` gives).
+    """
+    colors: dict[int, int] = {}
+    values: dict[Any, int] = {}
+    for entry in labels:
+        wanted = entry["classes"]
+        names = [wanted] if isinstance(wanted, str) else list(wanted)
+        code = sets.code_for([table.names.index(n) for n in names])
+        if "mask_color" in entry:
+            colors[_pack_color(entry["mask_color"])] = code
+        else:
+            values[entry["value"]] = code
+    return LabelEncoding(colors, values, *_ignored(ignore))
+
+
+def _ignored(ignore: Sequence[Any]) -> tuple[frozenset[int], frozenset[Any]]:
+    """``data.ignore`` split into packed mask colours and plain values."""
+    colors = frozenset(
         _pack_color(v) for v in ignore if isinstance(v, list | tuple) and len(v) == 3
     )
-    ignore_values = frozenset(v for v in ignore if not isinstance(v, list | tuple))
-    return LabelEncoding(colors, values, ignore_colors, ignore_values)
+    return colors, frozenset(v for v in ignore if not isinstance(v, list | tuple))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -178,7 +179,63 @@ def conv_model(
     return SegmentationModel(module, card)
 
 
-def whole_image_classes(model: Any, path: Path, bands: list[int] | None = None) -> np.ndarray:
+#: Top-1 minus top-2 class probability under which one model run through other arithmetic (other
+#: tile edges or batches, the whole image instead of tiles, another thread count) may pick another
+#: class: float32 sums taken in another order differ in the last bits, a few 1e-7 in probability
+#: for the test models. Pixels nearer a tie than this are not compared (see assert_classes_agree).
+TIE_MARGIN = 1e-5
+
+
+@dataclass(frozen=True)
+class ClassReference:
+    """Reference classes with how far each pixel is from a tie between its top two classes."""
+
+    classes: np.ndarray  # (H, W) uint8, 255 = nodata
+    margin: np.ndarray  # (H, W) float32: top-1 minus top-2 probability
+
+
+def top_two_margin(probs: np.ndarray) -> np.ndarray:
+    """Top-1 minus top-2 of class probabilities (K, H, W), as (H, W) float32."""
+    if probs.shape[0] < 2:
+        return np.full(probs.shape[1:], np.inf, np.float32)
+    top_two = np.partition(probs, -2, axis=0)[-2:]
+    return (top_two[1] - top_two[0]).astype(np.float32)
+
+
+def assert_classes_agree(
+    actual: np.ndarray,
+    reference: ClassReference,
+    *,
+    margin: float = TIE_MARGIN,
+    min_share: float = 0.999,
+) -> None:
+    """``actual`` (H, W) classes equal the reference's wherever it is clear of a tie.
+
+    Nodata (255) must match everywhere. Valid pixels are compared where the reference's top two
+    probabilities are more than ``margin`` apart, and those must be at least ``min_share`` of the
+    valid pixels, so that the rule cannot hide a real difference.
+    """
+    expected = reference.classes
+    assert actual.shape == expected.shape, (actual.shape, expected.shape)
+    nodata = expected == 255
+    np.testing.assert_array_equal(actual == 255, nodata, err_msg="nodata pixels differ")
+    clear = ~nodata & (reference.margin > margin)
+    valid = int(np.count_nonzero(~nodata))
+    share = np.count_nonzero(clear) / valid if valid else 1.0
+    assert share >= min_share, (
+        f"only {share:.4%} of {valid} valid pixels are more than {margin:g} from a tie"
+    )
+    wrong = clear & (actual != expected)
+    if wrong.any():
+        row, col = (int(i[0]) for i in np.nonzero(wrong))
+        raise AssertionError(
+            f"{np.count_nonzero(wrong)} of {np.count_nonzero(clear)} pixels clear of a tie differ; "
+            f"first at row {row}, col {col}: class {actual[row, col]} instead of "
+            f"{expected[row, col]} (top-two margin {reference.margin[row, col]:.3g})"
+        )
+
+
+def whole_image_reference(model: Any, path: Path, bands: list[int] | None = None) -> ClassReference:
     """Reference: run the model once on the whole scene (no tiling)."""
     import torch
 
@@ -196,7 +253,41 @@ def whole_image_classes(model: Any, path: Path, bands: list[int] | None = None) 
         logits = model.module(torch.from_numpy(x[None]))[0]
     classes = logits.argmax(0).numpy().astype(np.uint8)
     classes[~valid] = 255
-    return classes
+    return ClassReference(classes, top_two_margin(torch.softmax(logits, 0).numpy()))
+
+
+def whole_image_classes(model: Any, path: Path, bands: list[int] | None = None) -> np.ndarray:
+    """Reference classes (H, W) of the model run once on the whole scene (no tiling)."""
+    return whole_image_reference(model, path, bands).classes
+
+
+@contextlib.contextmanager
+def recorded_margins(height: int, width: int) -> Iterator[np.ndarray]:
+    """Record the top-two margin of the blended probabilities of every pixel stitched meanwhile.
+
+    Yields an (H, W) float32 array (NaN where nothing was stitched) filled by the runs in this
+    process, such as a local ``geoseg.segment`` of an H x W scene: the float margins that a
+    :class:`ClassReference` needs, which the uint8 outputs have lost. Wraps the stitcher's private
+    ``_finish`` (accumulated sums, weight and valid count of finished rows of the current band).
+    """
+    from geoseg.stitch import Stitcher
+
+    margin = np.full((height, width), np.nan, np.float32)
+    finish = Stitcher._finish
+
+    def recording(self: Stitcher, acc: np.ndarray, col_off: int) -> None:
+        finish(self, acc, col_off)
+        assert self._band is not None
+        k, row_off = self.k, self._band.row_off
+        probs = acc[:k] / np.where(acc[k] > 0, acc[k], 1.0)
+        rows, cols = slice(row_off, row_off + acc.shape[1]), slice(col_off, col_off + acc.shape[2])
+        margin[rows, cols] = top_two_margin(probs)
+
+    Stitcher._finish = recording  # type: ignore[method-assign]
+    try:
+        yield margin
+    finally:
+        Stitcher._finish = finish  # type: ignore[method-assign]
 
 
 @pytest.fixture

@@ -1,11 +1,15 @@
+import re
 import subprocess
 import sys
+import time
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
 
 from geoseg.cli import main, parse_bands
 from geoseg.model import default_model_path
+from tests.conftest import small_smp_checkpoint
 
 
 def invoke(*args):
@@ -50,6 +54,31 @@ def test_run_with_checkpoint(tiny_checkpoint, make_raster, tmp_path):
     again = invoke("run", scene, "--model", tiny_checkpoint, "-o", out, "--no-vector", "-q")
     assert again.exit_code == 1 and "exists; pass --overwrite" in again.output
     assert "Traceback" not in again.output
+
+
+def test_run_progress_prints_each_line_once(make_raster, tmp_path, monkeypatch):
+    """Into a log (not a terminal) every drawing of the bar stays: none may be printed twice."""
+    from geoseg.inference import Predictor
+
+    predict = Predictor.predict
+
+    def slow_predict(self, inputs):
+        time.sleep(0.15)  # longer than tqdm's 0.1 s between drawings: every count is drawn
+        return predict(self, inputs)
+
+    monkeypatch.setattr(Predictor, "predict", slow_predict)
+    scene = make_raster(height=150, width=170)
+    checkpoint = small_smp_checkpoint(tmp_path / "m.pt")
+    result = invoke("run", scene, "-m", checkpoint, "-o", tmp_path / "out", "--tile-size", 64,
+                    "--overlap", 16, "--batch-size", 4, "--no-vector", "--no-preview")  # fmt: skip
+    assert result.exit_code == 0, result.output
+    lines = [line.strip() for line in re.split(r"[\r\n]", result.stderr) if line.strip()]
+    assert any(line.startswith("geoseg: device cpu") for line in lines), lines
+    drawn = [line for line in lines if re.search(r"\d+/\d+ \[", line)]
+    assert len(drawn) >= 2 and all(line.endswith("]") for line in drawn), drawn  # nothing glued
+    assert sum("12/12 [" in line for line in drawn) == 1, drawn  # 150 x 170 px: 3 x 4 tiles
+    assert drawn[-1].startswith("100%") and len(set(drawn)) == len(drawn), drawn
+    assert result.stderr.endswith("]\n"), result.stderr  # the final line ends the bar's output
 
 
 def test_run_with_config_file(tiny_checkpoint, make_raster, tmp_path):
@@ -98,3 +127,54 @@ def test_parse_bands():
 
     with pytest.raises(click.BadParameter):
         parse_bands("r,g,b")
+
+
+def test_evaluate_scores_a_configs_held_out_images(tiny_checkpoint, make_raster, tmp_path):
+    import json
+
+    import numpy as np
+    import yaml
+
+    from tests.conftest import write_raster
+
+    root = tmp_path / "data"
+    for group in ("a", "b"):
+        scene = make_raster(height=40, width=48, count=3, seed=len(group))
+        (root / group).mkdir(parents=True)
+        (root / group / "img_1.tif").write_bytes(scene.read_bytes())
+        labels = np.zeros((1, 40, 48), dtype=np.uint8)
+        labels[0, :, 24:] = 2
+        write_raster(root / group / "lab_1.tif", labels)
+    config = {
+        "classes": [{"name": n, "color": "#000000"} for n in ("water", "land", "building")],
+        "data": {
+            "sources": [
+                {
+                    "name": "mine",
+                    "source": "folders",
+                    "root": str(root),
+                    "images": "*/img_*.tif",
+                    "masks": "*/lab_*.tif",
+                    "pair_key": "_(\\d+)$",
+                    "val_groups": ["b"],
+                    "labels": [
+                        {"value": 0, "classes": "water"},
+                        {"value": 2, "classes": ["land", "building"]},
+                    ],
+                }
+            ]
+        },
+    }
+    config_path = tmp_path / "train.yaml"
+    config_path.write_text(yaml.safe_dump(config))
+    out = invoke(
+        "evaluate", "--model", tiny_checkpoint, "--label-config", config_path,
+        "--source", "mine", "--merge", "solid=land,building", "--json", tmp_path / "m.json",
+    )  # fmt: skip
+    assert out.exit_code == 0, out.output
+    assert "coarse classes (solid = land + building)" in out.output
+    saved = json.loads((tmp_path / "m.json").read_text())
+    assert [Path(i["image"]).parent.name for i in saved["images"]] == ["b"]  # held out only
+    assert saved["coarse"]["merge"] == {"solid": ["land", "building"]}
+    bad = invoke("evaluate", "--model", tiny_checkpoint, "--merge", "solid")
+    assert bad.exit_code != 0 and "NAME=CLASS,CLASS" in bad.output

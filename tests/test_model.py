@@ -10,9 +10,11 @@ from geoseg.model import (
     build_model,
     canonical_arch,
     create_module,
+    default_model_path,
     fold_logit_offsets,
     load_model,
     output_stride_of,
+    read_card,
     save_checkpoint,
 )
 from geoseg.types import ClassTable
@@ -177,3 +179,29 @@ def test_class_table_parsing():
         ClassTable.from_list([{"name": "a", "color": "#zz"}])
     assert dataclasses.replace(card(), name="x").name == "x"
     assert np.array_equal(np.array(ClassTable.default(2).names), ["class_0", "class_1"])
+
+
+def test_read_card_needs_no_torch_and_matches_load_model(tmp_path):
+    model = build_model(card(gsd_range=(0.5, 2.0), arch_kwargs={"decoder_channels": [8] * 5}))
+    path = save_checkpoint(model, tmp_path / "m.pt", half=True)
+    assert read_card(path) == load_model(path).card
+    assert read_card(path).gsd_range == (0.5, 2.0)
+    # in a fresh interpreter, the shipped model's card is read without importing torch
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; from geoseg.model import read_card; c = read_card(); "
+        "print(c.name, 'torch' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    if default_model_path().exists():
+        assert out.stdout.split()[-1] == "False", out.stdout
+        assert read_card() == load_model().card
+    # files it cannot read that way go through load_model, with its errors
+    junk = tmp_path / "junk.pt"
+    junk.write_bytes(b"PK\x03\x04 not really a zip")
+    with pytest.raises(ModelError, match="corrupt"):
+        read_card(junk)
+    with pytest.raises(ModelError, match="does not exist"):
+        read_card(tmp_path / "none.pt")

@@ -6,7 +6,13 @@ import rasterio
 
 import geoseg
 from geoseg.errors import BandMismatchError, OutputExistsError
-from tests.conftest import DATA, conv_model, whole_image_classes
+from tests.conftest import (
+    DATA,
+    TIE_MARGIN,
+    assert_classes_agree,
+    conv_model,
+    whole_image_reference,
+)
 
 
 def run(scene, out, model, **kw):
@@ -26,15 +32,20 @@ def run(scene, out, model, **kw):
     ],  # sizes not a multiple of the stride
 )
 def test_tile_invariance(make_raster, tmp_path, height, width, tile, overlap):
-    """Receptive field (7 px) < overlap/4 zero margin: stitched == whole-image inference."""
+    """Receptive field (7 px) < overlap/4 zero margin: stitched == whole-image inference.
+
+    Equal up to float32 rounding: tiles sum their convolutions in another order than the whole
+    image, so a pixel whose top two classes are within ``TIE_MARGIN`` (1e-5 in probability) of a
+    tie may take the other one. Every pixel further from a tie, at least 99.9 % of them, must match.
+    """
     model = conv_model(3, 5)
     scene = make_raster(height=height, width=width, seed=height + width)
     result = run(scene, tmp_path / "out", model, tile_size=tile, overlap=overlap, batch_size=3)
     with rasterio.open(result.classes_path) as ds:
         stitched = ds.read(1)
-    expected = whole_image_classes(model, scene)
-    assert len(np.unique(expected)) > 1
-    np.testing.assert_array_equal(stitched, expected)
+    reference = whole_image_reference(model, scene)
+    assert len(np.unique(reference.classes)) > 1
+    assert_classes_agree(stitched, reference, margin=TIE_MARGIN, min_share=0.999)
 
 
 @pytest.mark.parametrize("crs", ["EPSG:32633", "EPSG:4326"])
@@ -73,7 +84,7 @@ def test_real_scene_with_nodata_collar(tmp_path):
         assert out.overviews(1) == [2]
         assert out.profile["tiled"] and out.profile["compress"] == "deflate"
     assert result.tiles_skipped > 0  # the corners of the collar hold whole nodata tiles
-    np.testing.assert_array_equal(classes, whole_image_classes(model, scene))
+    assert_classes_agree(classes, whole_image_reference(model, scene))  # up to float32 ties
 
 
 def test_all_nodata_tiles_are_skipped(make_raster, tmp_path):
@@ -95,7 +106,7 @@ def test_other_dtypes(make_raster, tmp_path, dtype):
     model = conv_model(2, 3, dtype=dtype)
     result = run(scene, tmp_path / "out", model, tile_size=64, overlap=16)
     with rasterio.open(result.classes_path) as ds:
-        np.testing.assert_array_equal(ds.read(1), whole_image_classes(model, scene))
+        assert_classes_agree(ds.read(1), whole_image_reference(model, scene))
 
 
 def test_dtype_mismatch_is_refused(make_raster, tmp_path):

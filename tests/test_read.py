@@ -116,3 +116,79 @@ def test_colorinterp_alpha_is_not_a_band_name(make_raster):
     with rasterio.open(path, "r+") as ds:
         ds.colorinterp = [ColorInterp.red, ColorInterp.green, ColorInterp.blue, ColorInterp.alpha]
     assert info_of(path).band_names[:3] == RGB
+
+
+def _tag_alpha(path):
+    import rasterio
+
+    with rasterio.open(path, "r+") as ds:
+        ds.colorinterp = [ColorInterp.red, ColorInterp.green, ColorInterp.blue, ColorInterp.alpha]
+    return path
+
+
+def test_an_alpha_tagged_band_holding_data_is_not_a_mask(tmp_path):
+    """The Ohio NAIP tiles tag near-infrared 'alpha': a NIR of 0 must not make nodata."""
+    import rasterio
+
+    from geoseg.read import alpha_data_band
+    from tests.conftest import write_raster
+
+    rng = np.random.default_rng(0)
+    data = rng.integers(8, 255, size=(4, 40, 50), dtype=np.uint8)
+    data[3, :10] = 0  # dark water: NIR 0
+    path = _tag_alpha(write_raster(tmp_path / "rgbn_alpha.tif", data))
+    with rasterio.open(path) as ds:
+        assert alpha_data_band(ds) == 4
+        assert (ds.read_masks(1) == 0).any()  # what GDAL alone would make of it
+    with TileReader(path, [1, 2, 3]) as reader:
+        arr, valid = reader.read(PixelWindow(0, 0, 40, 50))
+    assert valid.all()
+    np.testing.assert_array_equal(arr, data[:3].astype(np.float32))
+    # with a nodata value, that value alone marks nodata
+    data[:, 30:, :5] = 7
+    nodata_path = _tag_alpha(write_raster(tmp_path / "rgbn_nodata.tif", data, nodata=7))
+    with TileReader(nodata_path, [1, 2, 3]) as reader:
+        _, valid = reader.read(PixelWindow(0, 0, 40, 50))
+    assert not valid[30:, :5].any() and valid[:30].all()
+
+
+def test_a_real_alpha_mask_still_masks(tmp_path):
+    import rasterio
+
+    from geoseg.read import alpha_data_band
+    from tests.conftest import write_raster
+
+    data = np.full((4, 40, 50), 100, dtype=np.uint8)
+    data[3] = 255
+    data[3, :, :20] = 0  # transparent
+    path = _tag_alpha(write_raster(tmp_path / "rgba.tif", data))
+    with rasterio.open(path) as ds:
+        assert alpha_data_band(ds) is None
+    with TileReader(path, [1, 2, 3]) as reader:
+        _, valid = reader.read(PixelWindow(0, 0, 40, 50))
+    assert not valid[:, :20].any() and valid[:, 20:].all()
+
+
+def test_segment_warns_and_keeps_the_pixels_of_an_alpha_tagged_nir_band(tmp_path):
+    import rasterio
+
+    import geoseg
+    from geoseg.errors import AlphaBandWarning
+    from tests.conftest import DATA, conv_model
+
+    def nir_zeros(path):
+        with rasterio.open(path) as ds:
+            return int((ds.read(4) == 0).sum())
+
+    # the held-out Ohio tile with the most pixels whose near-infrared is 0 (water)
+    tile = max(sorted((DATA / "ohio" / "val" / "img").glob("*.tif")), key=nir_zeros)
+    nir_zero = nir_zeros(tile)
+    assert nir_zero > 100
+    model = conv_model(3, 4)
+    with pytest.warns(AlphaBandWarning, match="band 4 is tagged alpha but holds data"):
+        result = geoseg.segment(
+            tile, tmp_path / "out", model=model, bands=[1, 2, 3], vectorize=False
+        )
+    with rasterio.open(result.classes_path) as ds:
+        classes = ds.read(1)
+    assert (classes != 255).all(), f"{nir_zero} NIR-0 pixels must stay valid"

