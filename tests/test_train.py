@@ -320,21 +320,22 @@ def _states_equal(a: torch.nn.Module, b: torch.nn.Module, prefix: str = "") -> b
 
 
 def test_fine_tuning_copies_the_init_weights_and_unfolds_its_offsets() -> None:
-    init = load_model(None)  # the shipped default: U-Net/MobileNetV2, 5 classes, offsets folded
+    init = load_model(None)  # the shipped default: a U-Net with its prior correction folded in
     names = init.card.classes.names
     kwargs = dict(init.card.arch_kwargs)
+    k = init.card.num_classes
 
-    def fresh(k: int, encoder: str = "mobilenet_v2") -> torch.nn.Module:
+    def fresh(k: int, encoder: str = init.card.encoder) -> torch.nn.Module:
         return create_module("unet", encoder, 3, k, **kwargs)
 
-    same = fresh(5)
+    same = fresh(k)
     assert not _states_equal(same, init.module, "encoder.")
     assert initialize_from(same, init, names, None) == []
     assert _states_equal(same, init.module)  # no correction in the new run: taken as is
 
     # a run with its own prior correction gets the head without the init's folded offsets
-    corrected = fresh(5)
-    initialize_from(corrected, init, names, [0.1] * 5)
+    corrected = fresh(k)
+    initialize_from(corrected, init, names, [0.1] * k)
     offsets = torch.tensor(init.card.training["logit_offsets"])
     bias = corrected.segmentation_head[0].bias.detach()
     torch.testing.assert_close(
@@ -353,23 +354,25 @@ def test_fine_tuning_copies_the_init_weights_and_unfolds_its_offsets() -> None:
         torch.equal(v, other.segmentation_head.state_dict()[k]) for k, v in head_before.items()
     )
     # same class count, other names: the head is not reused for other meanings
-    renamed = fresh(5)
-    assert initialize_from(renamed, init, ["a", "b", "c", "d", "e"], None) == left
+    renamed = fresh(k)
+    assert initialize_from(renamed, init, [f"c{i}" for i in range(k)], None) == left
 
     with pytest.raises(ConfigError, match="model.encoder"):
-        initialize_from(fresh(5, "resnet18"), init, names, None)
+        initialize_from(fresh(k, "resnet18"), init, names, None)
 
 
 def test_fine_tune_from_the_default_model(tmp_path: Path) -> None:
-    cfg = dubai_config(tmp_path)
-    cfg["model"]["init"] = "default"
+    default = load_model(None)
+    cfg = two_region_config(tmp_path)  # the default model's own config, on test excerpts
+    cfg["model"].update(init="default", arch_kwargs=dict(default.card.arch_kwargs))
     cfg["training"].update(max_steps=1, lr=0.0)  # no update: the export is the default model
     result = train(cfg)
     assert result.steps == 1
     log = (tmp_path / "run" / "train.log").read_text()
-    assert "fine-tuning geoseg-landcover-dubai-unet-mnv2" in log
-    tuned, default = load_model(tmp_path / "model.pt"), load_model(None)
-    assert tuned.card.training["init"] == "geoseg-landcover-dubai-unet-mnv2 (default)"
+    assert f"fine-tuning {default.card.name}" in log
+    assert "model.encoder_weights is unused" in log
+    tuned = load_model(tmp_path / "model.pt")
+    assert tuned.card.training["init"] == f"{default.card.name} (default)"
     # the default model's normalisation, not statistics of the excerpt
     assert tuned.card.mean == default.card.mean and tuned.card.std == default.card.std
     # lr 0 (AdamW scales weight decay by it too): the default's weights, except that its folded
