@@ -29,7 +29,7 @@ from geoseg.errors import (
     TrainingError,
     UngeoreferencedWarning,
 )
-from geoseg.label_sets import LabelSets, merge_confusion
+from geoseg.label_sets import LabelSets, merge_confusion, merged_classes
 from geoseg.model import SegmentationModel, load_model
 from geoseg.train_data import (
     IGNORE_INDEX,
@@ -333,7 +333,7 @@ def evaluate(
     if merge is None:
         merge = dict(card.training.get("coarse") or {})
     try:
-        merge_confusion(np.zeros((k, k), np.int64), card.classes.names, merge)
+        merged_classes(card.classes.names, merge)
     except ValueError as exc:
         raise InputError(f"merge: {exc}") from exc
     total = np.zeros((k, k), dtype=np.int64)

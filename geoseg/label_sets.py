@@ -95,13 +95,12 @@ def with_sets(
     return LabelSets(num_classes, tuple(sets))
 
 
-def merge_confusion(
-    cm: npt.NDArray[np.int64], names: Sequence[str], groups: Mapping[str, Sequence[str]]
-) -> tuple[npt.NDArray[np.int64], list[str]]:
-    """A confusion matrix over coarser classes: each group of class names summed into one.
+def merged_classes(
+    names: Sequence[str], groups: Mapping[str, Sequence[str]]
+) -> tuple[list[int], list[str]]:
+    """Where each class goes when groups of class names are merged, and the merged names.
 
     The merged class takes the place of its first member; classes in no group stay as they are.
-    E.g. ``{"vegetation": ["tree", "low_vegetation"]}`` scores a 6-class model on 5 classes.
 
     Raises:
         ValueError: for a name that is not a class, or a class in two groups.
@@ -121,6 +120,21 @@ def merge_confusion(
         if label not in new_names:
             new_names.append(label)
         index.append(new_names.index(label))
+    return index, new_names
+
+
+def merge_confusion(
+    cm: npt.NDArray[np.int64], names: Sequence[str], groups: Mapping[str, Sequence[str]]
+) -> tuple[npt.NDArray[np.int64], list[str]]:
+    """A confusion matrix over coarser classes: each group of class names summed into one.
+
+    E.g. ``{"vegetation": ["tree", "low_vegetation"]}`` scores a 6-class model on 5 classes (see
+    :func:`merged_classes`).
+
+    Raises:
+        ValueError: for a name that is not a class, or a class in two groups.
+    """
+    index, new_names = merged_classes(names, groups)
     k = len(new_names)
     out = np.zeros((k, k), dtype=np.int64)
     idx = np.asarray(index)

@@ -13,11 +13,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from geoseg import train_data
 from geoseg.errors import ConfigError
-from geoseg.label_sets import LabelSets, merge_confusion, with_sets
+from geoseg.label_sets import LabelSets, merged_classes, with_sets
 from geoseg.types import ClassTable
 
 LOSSES = ("ce", "focal", "dice", "jaccard", "ce+dice")
@@ -322,8 +320,7 @@ def _coarse(raw: Any, classes: ClassTable) -> dict[str, tuple[str, ...]]:
             raise ConfigError(f"coarse.{name} is a legend class that is not among its members")
         out[str(name)] = tuple(str(m) for m in members)
     try:
-        k = len(classes)
-        merge_confusion(np.zeros((k, k), dtype=np.int64), classes.names, out)
+        merged_classes(classes.names, out)
     except ValueError as exc:
         raise ConfigError(f"coarse: {exc}") from exc
     return out
