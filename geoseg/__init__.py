@@ -19,9 +19,11 @@ __all__ = [
     "RunConfig",
     "SegmentResult",
     "SegmentationModel",
+    "export_onnx",
     "load_config",
     "load_model",
     "segment",
+    "segment_array",
     "segment_distributed",
     "segment_many",
     "__version__",
@@ -29,21 +31,25 @@ __all__ = [
 
 _LAZY = {
     "segment": "geoseg.pipeline",
+    "segment_array": "geoseg.arrays",
     "segment_distributed": "geoseg.distributed",
     "segment_many": "geoseg.distributed",
     "SegmentResult": "geoseg.pipeline",
     "load_model": "geoseg.model",
     "ModelCard": "geoseg.model",
     "SegmentationModel": "geoseg.model",
+    "export_onnx": "geoseg.onnx",
     "ClassTable": "geoseg.types",
     "RunConfig": "geoseg.config",
     "load_config": "geoseg.config",
 }
 
 if TYPE_CHECKING:
+    from geoseg.arrays import segment_array
     from geoseg.config import RunConfig, load_config
     from geoseg.distributed import segment_distributed, segment_many
     from geoseg.model import ModelCard, SegmentationModel, load_model
+    from geoseg.onnx import export_onnx
     from geoseg.pipeline import SegmentResult, segment
     from geoseg.types import ClassTable
 

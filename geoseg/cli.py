@@ -104,7 +104,10 @@ tta_option = click.option(
 @click.argument("scenes", nargs=-1, type=click.Path(path_type=str))
 @click.option("--sample", is_flag=True, help="Segment the small real scene shipped with geoseg.")
 @click.option(
-    "-m", "--model", type=click.Path(path_type=str), help="Checkpoint (default: shipped model)."
+    "-m",
+    "--model",
+    type=click.Path(path_type=str),
+    help="Checkpoint or ONNX file (default: shipped model).",
 )
 @click.option(
     "-o",
@@ -115,6 +118,12 @@ tta_option = click.option(
 )
 @click.option("--tile-size", type=int, help="Tile edge in pixels (default: the model's).")
 @click.option("--overlap", type=int, help="Pixels shared by neighbouring tiles (default 64).")
+@click.option(
+    "--resolution",
+    metavar="auto|native|METRES",
+    help="Pixel size to read the scene at: auto (default: the model's, when the scene's is "
+    "outside the range it was trained at), native, or metres. Outputs keep the scene's grid.",
+)
 @click.option("--batch-size", type=int, help="Tiles per forward pass (default 8).")
 @click.option("--device", help="auto, cpu, cuda or cuda:N (default auto).")
 @click.option("--bands", help="1-based bands to feed the model, e.g. 1,2,3.")
@@ -158,6 +167,7 @@ def run(
     out_dir: Path | None,
     tile_size: int | None,
     overlap: int | None,
+    resolution: str | None,
     batch_size: int | None,
     device: str | None,
     bands: str | None,
@@ -223,6 +233,7 @@ def run(
         "config": config_path,
         "tta": tta,
         "resume": resume,
+        "resolution": resolution,
     }
     targets = [
         out_dir / f"{Path(s).stem}_geoseg" if out_dir is not None and len(paths) > 1 else out_dir
@@ -307,8 +318,8 @@ def expand_scenes(args: Sequence[str]) -> list[str]:
 @click.argument("target", type=click.Path(path_type=str))
 @handle_errors
 def info(target: str) -> None:
-    """Print a model card (checkpoint, or 'default') or a scene summary (raster)."""
-    if target == "default" or target.endswith((".pt", ".pth", ".ckpt")):
+    """Print a model card (checkpoint, ONNX file, or 'default') or a scene summary (raster)."""
+    if target == "default" or target.endswith((".pt", ".pth", ".ckpt", ".onnx")):
         from geoseg.model import read_card
 
         click.echo(read_card(None if target == "default" else target).summary())
@@ -317,6 +328,45 @@ def info(target: str) -> None:
 
     with open_raster(target) as ds:
         click.echo(scene_info(ds).summary())
+
+
+@main.command("export")
+@click.argument("model", type=click.Path(path_type=str))
+@click.option(
+    "-o",
+    "--out",
+    "out_path",
+    type=click.Path(path_type=Path),
+    required=True,
+    help="ONNX file to write (*.onnx).",
+)
+@click.option(
+    "--opset",
+    type=click.IntRange(13, 20),
+    default=17,
+    show_default=True,
+    help="ONNX operator set; 17 runs on onnxruntime 1.12 and later (QGIS Deepness).",
+)
+@click.option("--overwrite", is_flag=True, help="Replace an existing file.")
+@handle_errors
+def export(model: str, out_path: Path, opset: int, overwrite: bool) -> None:
+    """Export MODEL (a checkpoint, or 'default') as ONNX for QGIS Deepness and onnxruntime.
+
+    The graph takes normalised tiles (N, C, H, W) float32 and returns class probabilities
+    (N, K, H, W); batch, height and width are dynamic. Its metadata holds the keys Deepness reads
+    (model_type, class_names, resolution in cm/px, tile_size, tiles_overlap in percent,
+    standardization_mean/std for pixels divided by 255) and the whole geoseg model card
+    (geoseg_card), so the file runs in geoseg too.
+
+    Example: geoseg export default -o landcover.onnx, then load landcover.onnx in Deepness, or
+    run geoseg run scene.tif --model landcover.onnx.
+    """
+    from geoseg.onnx import export_onnx
+
+    result = export_onnx(
+        None if model == "default" else model, out_path, opset=opset, overwrite=overwrite
+    )
+    click.echo(result.summary())
 
 
 @main.command()
@@ -527,3 +577,47 @@ def vectorize(classes_tif: Path, out_path: Path, classes_yaml: Path | None, min_
     if not quiet:
         layers = ", ".join(f"{name} {count}" for name, count in result.layers.items())
         click.echo(f"wrote {result.path} ({result.timings['total']:.1f} s): {layers}")
+
+
+@main.group("qgis")
+def qgis_group() -> None:
+    """The QGIS plugin: Processing tools that run this environment's geoseg from QGIS."""
+
+
+@qgis_group.command("install")
+@click.option("--profile", default="default", show_default=True, help="QGIS user profile.")
+@click.option("--no-enable", is_flag=True, help="Only copy it; enable it in QGIS's plugin manager.")
+@handle_errors
+def qgis_install(profile: str, no_enable: bool) -> None:
+    r"""Copy the plugin into a QGIS profile; it will run the geoseg of this environment.
+
+    Profiles are where QGIS keeps them: $QGIS_CUSTOM_CONFIG_PATH/profiles when that is set, else
+    ~/.local/share/QGIS/QGIS3/profiles (Linux), ~/Library/Application Support/QGIS/QGIS3/profiles
+    (macOS) or %APPDATA%\QGIS\QGIS3\profiles (Windows).
+    """
+    from geoseg.qgis_install import install_plugin
+
+    click.echo(install_plugin(profile, enable=not no_enable).summary())
+
+
+@qgis_group.command("zip")
+@click.option(
+    "-o",
+    "--out",
+    "out_path",
+    type=click.Path(path_type=Path),
+    default=Path("geoseg_qgis.zip"),
+    show_default=True,
+    help="Zip file to write.",
+)
+@click.option("--overwrite", is_flag=True, help="Replace an existing file.")
+@handle_errors
+def qgis_zip(out_path: Path, overwrite: bool) -> None:
+    """Write the plugin as a zip for QGIS's Plugins > Manage and Install Plugins > Install from ZIP.
+
+    The zip records this environment's geoseg; where that path does not exist, the plugin uses
+    the geoseg executable set in its Processing settings, else geoseg on PATH.
+    """
+    from geoseg.qgis_install import write_zip
+
+    click.echo(f"wrote {write_zip(out_path, overwrite=overwrite)}")

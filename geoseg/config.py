@@ -7,6 +7,7 @@ offending key (``inference.batch_size: expected an integer, got 'eight'``).
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from collections.abc import Mapping
@@ -21,6 +22,23 @@ T = TypeVar("T")
 DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("auto", "fp32", "fp16", "bf16")
 TTA_MODES = ("none", "flips", "d4")
+#: ``tiling.resolution`` modes besides a pixel size in metres.
+RESOLUTION_MODES = ("auto", "native")
+
+
+def parse_resolution(value: Any) -> str | float:
+    """``"auto"``, ``"native"`` or a positive pixel size in metres (numbers given as text too)."""
+    if isinstance(value, str) and value.strip().lower() in RESOLUTION_MODES:
+        return value.strip().lower()
+    try:
+        metres = float(value)
+    except (TypeError, ValueError):
+        metres = math.nan
+    if isinstance(value, bool) or not math.isfinite(metres) or metres <= 0:
+        raise ConfigError(
+            f"resolution must be auto, native or a pixel size in metres (e.g. 0.6), got {value!r}"
+        )
+    return metres
 
 
 @dataclass(frozen=True)
@@ -29,8 +47,12 @@ class TilingConfig:
 
     tile_size: int | None = None  # None: the model card's training tile size
     overlap: int | None = None  # None: min(64, tile_size // 4)
+    # The pixel size tiles are read at: auto (the model's when the scene's is outside the range it
+    # was trained at), native (the scene's) or metres. Outputs stay on the scene's grid.
+    resolution: str | float = "auto"
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "resolution", parse_resolution(self.resolution))
         if self.tile_size is not None and self.tile_size < 1:
             raise ConfigError(f"tiling.tile_size must be a positive integer, got {self.tile_size}")
         if self.overlap is not None and self.overlap < 0:
@@ -45,10 +67,14 @@ class TilingConfig:
                 f"({self.tile_size}); lower --overlap or raise --tile-size"
             )
 
-    def resolve(self, model_tile_size: int) -> tuple[int, int]:
-        """Tile size and overlap in pixels, filling defaults from the model's tile size."""
+    def resolve(self, model_tile_size: int, model_overlap: int | None = None) -> tuple[int, int]:
+        """Tile size and overlap in pixels, filling defaults from the model's tile size.
+
+        ``model_overlap`` (a model card's ``tile_overlap``) replaces geoseg's default overlap.
+        """
         tile = self.tile_size or model_tile_size
-        overlap = self.overlap if self.overlap is not None else min(64, tile // 4)
+        default = min(64, tile // 4) if model_overlap is None else min(model_overlap, tile // 2)
+        overlap = self.overlap if self.overlap is not None else default
         return tile, overlap
 
 
@@ -190,7 +216,12 @@ def _coerce(hint: Any, value: Any, key: str) -> Any:
         if value is None and type(None) in args:
             return None
         inner = [a for a in args if a is not type(None)]
-        return _coerce(inner[0], value, key)
+        for hint_i in inner[:-1]:
+            try:
+                return _coerce(hint_i, value, key)
+            except ConfigError:
+                continue
+        return _coerce(inner[-1], value, key)
     if origin is tuple:
         if not isinstance(value, list | tuple):
             raise ConfigError(f"{key}: expected a list, got {value!r}")

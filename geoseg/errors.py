@@ -74,3 +74,7 @@ class BandOrderWarning(GeosegWarning):
 
 class AlphaBandWarning(GeosegWarning):
     """A band tagged alpha holds data (e.g. near-infrared), so it is not used as a mask."""
+
+
+class ResolutionWarning(GeosegWarning):
+    """The scene is read at a pixel size outside the range the model was trained at."""

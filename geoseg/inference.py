@@ -116,12 +116,14 @@ class Predictor:
     @property
     def description(self) -> str:
         """Device and precision, as reported at the start of a run."""
-        tta = "" if self.tta == "none" else f", tta {self.tta} x{len(TTA_TRANSFORMS[self.tta])}"
+        extra = "" if self.tta == "none" else f", tta {self.tta} x{len(TTA_TRANSFORMS[self.tta])}"
+        runtime = getattr(self.module, "runtime", "")  # "onnxruntime" for an ONNX model
+        extra += f", {runtime}" if runtime else ""
         if self.device.type == "cuda":
             name = torch.cuda.get_device_name(self.device)
-            return f"{self.device} ({name}, {self.amp_dtype or 'fp32'}{tta})"
+            return f"{self.device} ({name}, {self.amp_dtype or 'fp32'}{extra})"
         reason = "" if torch.cuda.is_available() else ", no CUDA device found"
-        return f"cpu ({torch.get_num_threads()} threads{reason}{tta})"
+        return f"cpu ({torch.get_num_threads()} threads{reason}{extra})"
 
     @torch.inference_mode()
     def predict(self, inputs: np.ndarray) -> np.ndarray:

@@ -7,7 +7,7 @@ A geoseg checkpoint is a ``torch.save`` dict::
 The card holds everything inference needs (architecture, encoder, bands, normalisation, classes,
 tile size); the state dict may be stored in half precision. torchgeo Lightning checkpoints
 (``SemanticSegmentationTask``) load too. This module knows nothing of files on disk beyond the
-checkpoint itself, nor of tiles.
+checkpoint itself, nor of tiles. ONNX files (``*.onnx``) load through :mod:`geoseg.onnx`.
 """
 
 from __future__ import annotations
@@ -30,6 +30,8 @@ if TYPE_CHECKING:
 CHECKPOINT_FORMAT = "geoseg-checkpoint"
 CHECKPOINT_VERSION = 1
 DEFAULT_MODEL_FILE = "default.pt"
+#: the same network exported to ONNX: the default model's CPU path (see load_default).
+DEFAULT_ONNX_FILE = "default.onnx"
 
 #: smp architecture names, with the aliases users (and torchgeo) write.
 ARCHITECTURES: dict[str, str] = {
@@ -66,6 +68,8 @@ class ModelCard:
     name: str = "geoseg-model"
     dtype: str = "uint8"
     tile_size: int = 512
+    # Pixels shared by neighbouring tiles when no --overlap is given (None: geoseg's default).
+    tile_overlap: int | None = None
     output_stride: int = 32
     ignore_index: int | None = None
     arch_kwargs: Mapping[str, Any] = field(default_factory=dict)
@@ -89,6 +93,11 @@ class ModelCard:
             raise ModelError(f"model card std values must be positive, got {self.std}")
         if len(self.classes) < 1:
             raise ModelError("a model card needs at least one class")
+        if self.tile_overlap is not None and not 0 <= self.tile_overlap <= self.tile_size // 2:
+            raise ModelError(
+                f"model card tile_overlap {self.tile_overlap} must lie in 0..{self.tile_size // 2} "
+                "(at most half the tile size)"
+            )
 
     @property
     def in_channels(self) -> int:
@@ -143,7 +152,8 @@ class ModelCard:
             + (f" ({_fmt_value(dict(self.arch_kwargs))})" if self.arch_kwargs else ""),
             f"input:        {self.in_channels} bands {', '.join(self.bands)} ({self.dtype})",
             f"normalise:    mean {_fmt(self.mean)}  std {_fmt(self.std)}",
-            f"tile size:    {self.tile_size} px (output stride {self.output_stride})",
+            f"tile size:    {self.tile_size} px (output stride {self.output_stride})"
+            + (f", overlap {self.tile_overlap} px" if self.tile_overlap is not None else ""),
             "pixel size:   "
             + (
                 f"{self.gsd_range[0]:g}-{self.gsd_range[1]:g} m (ground sample distances "
@@ -329,9 +339,37 @@ def save_checkpoint(model: SegmentationModel, path: str | Path, *, half: bool = 
     return path
 
 
+def is_onnx_path(path: str | Path) -> bool:
+    """Whether ``path`` names an ONNX model (by its ``.onnx`` suffix)."""
+    return Path(path).suffix.lower() == ".onnx"
+
+
 def default_model_path() -> Path:
     """Where the shipped default model lives inside the package."""
     return Path(str(resources.files("geoseg") / "data" / "models" / DEFAULT_MODEL_FILE))
+
+
+def default_onnx_path() -> Path:
+    """Where the ONNX export of the shipped default model lives inside the package."""
+    return default_model_path().with_name(DEFAULT_ONNX_FILE)
+
+
+def load_default(device: str | None = "auto") -> SegmentationModel:
+    """The shipped default model, run the fastest way on ``device``.
+
+    On the CPU that is its ONNX export through onnxruntime (measured faster than PyTorch eager:
+    ``benchmarks/onnx_cpu.py``), when onnxruntime is installed and the export ships; on a GPU,
+    or without them, the PyTorch checkpoint. Both carry the same card and weights.
+    """
+    import importlib.util
+
+    from geoseg.inference import resolve_device
+
+    onnx_file = default_onnx_path()
+    on_cpu = resolve_device(device).type == "cpu"
+    if on_cpu and onnx_file.exists() and importlib.util.find_spec("onnxruntime") is not None:
+        return load_model(onnx_file)
+    return load_model(None)
 
 
 class _CardOnlyUnpickler(pickle.Unpickler):
@@ -366,6 +404,10 @@ def read_card(path: str | Path | None = None) -> ModelCard:
     files this reader does not understand) are loaded with :func:`load_model`.
     """
     target = Path(path) if path is not None else default_model_path()
+    if is_onnx_path(target):
+        from geoseg.onnx import read_onnx_card
+
+        return read_onnx_card(target)
     try:
         with zipfile.ZipFile(target) as archive:
             name = next(n for n in archive.namelist() if n.endswith("/data.pkl"))
@@ -390,8 +432,13 @@ def load_model(
     """Load a geoseg or torchgeo Lightning checkpoint; ``None`` loads the shipped default model.
 
     The keyword arguments fill in what a torchgeo checkpoint does not carry (its legend and
-    normalisation); they are ignored for geoseg checkpoints, whose card is authoritative.
+    normalisation); they are ignored for geoseg checkpoints, whose card is authoritative. An
+    ``*.onnx`` file loads as an ONNX model run through onnxruntime (:func:`geoseg.onnx.load_onnx`).
     """
+    if path is not None and is_onnx_path(path):
+        from geoseg.onnx import load_onnx
+
+        return load_onnx(path)
     import torch
 
     if path is None:

@@ -341,7 +341,8 @@ class UnetDecoder(nn.Module):
         for index, block in enumerate(self.blocks):
             height, width = sizes[index + 1]
             skip = skips[index] if index < len(skips) else None
-            x = block(x, int(height), int(width), skip)
+            # no int(): under ONNX tracing the sizes stay symbolic, so any tile size exports
+            x = block(x, height, width, skip)
         return x
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import errno
 import json
@@ -10,7 +11,7 @@ import queue
 import threading
 import time
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any
@@ -23,9 +24,10 @@ from geoseg.errors import (
     GeosegError,
     OutputError,
     OutputExistsError,
+    ResolutionWarning,
     UngeoreferencedWarning,
 )
-from geoseg.model import ModelCard, SegmentationModel, load_model
+from geoseg.model import ModelCard, SegmentationModel, load_default, load_model
 from geoseg.stitch import Band
 from geoseg.tiling import TileGrid
 from geoseg.types import ClassTable
@@ -34,6 +36,7 @@ if TYPE_CHECKING:
     from geoseg.inference import Predictor
     from geoseg.journal import PartialRun
     from geoseg.read import SceneInfo
+    from geoseg.regrid import ReadGrid
 
 Log = Callable[[str], None]
 
@@ -138,12 +141,13 @@ def resolve_config(
     min_area: float | None = None,
     simplify: float | None = None,
     tta: str | None = None,
+    resolution: str | float | None = None,
 ) -> RunConfig:
     """Merge a config (object or YAML path) with explicit keyword overrides."""
     cfg = config if isinstance(config, RunConfig) else load_config(config)
     return cfg.replace(
         top={"model": str(model) if isinstance(model, str | Path) else None, "bands": bands},
-        tiling={"tile_size": tile_size, "overlap": overlap},
+        tiling={"tile_size": tile_size, "overlap": overlap, "resolution": resolution},
         inference={"batch_size": batch_size, "device": device, "tta": tta},
         output={
             "probabilities": probabilities,
@@ -178,6 +182,7 @@ def segment(
     tta: str | None = None,
     engine: Engine | None = None,
     resume: bool = False,
+    resolution: str | float | None = None,
 ) -> SegmentResult:
     """Segment a raster scene into land-cover classes and write georeferenced outputs.
 
@@ -213,6 +218,10 @@ def segment(
             :func:`geoseg.distributed.segment_distributed` for the dask engine).
         resume: continue the interrupted run into ``out_dir`` (same scene, model and settings,
             else :class:`~geoseg.errors.ResumeError`); without it a stale partial run is replaced.
+        resolution: the pixel size tiles are read at: ``auto`` (default: the model's own when
+            the scene's lies outside the range the model was trained at), ``native`` (the
+            scene's), or metres; outputs are always on the scene's own grid
+            (see :mod:`geoseg.regrid`).
     """
     import rasterio
 
@@ -223,10 +232,10 @@ def segment(
     cfg = resolve_config(
         config, model=model, tile_size=tile_size, overlap=overlap, batch_size=batch_size,
         device=device, bands=bands, probabilities=probabilities, vectorize=vectorize,
-        preview=preview, min_area=min_area, simplify=simplify, tta=tta,
+        preview=preview, min_area=min_area, simplify=simplify, tta=tta, resolution=resolution,
     )  # fmt: skip
 
-    from geoseg import mosaic
+    from geoseg import mosaic, regrid
 
     vrt_xml: str | None = None
     if mosaic.is_mosaic(scene):
@@ -260,7 +269,7 @@ def segment(
     if not os.access(parent, os.W_OK):
         raise OutputError(f"cannot write {target}: folder {parent} is not writable; pass -o DIR")
 
-    seg_model = model if isinstance(model, SegmentationModel) else load_model(cfg.model)
+    seg_model = _model_for(model, cfg)
     card = seg_model.card
     if info.dtype != card.dtype:
         gdal_type = readmod.GDAL_TYPE_NAMES.get(card.dtype, card.dtype)
@@ -269,8 +278,12 @@ def segment(
             f"the scene (e.g. gdal_translate -ot {gdal_type} -scale) or pass another --model"
         )
     chosen = readmod.select_bands(info, card.bands, cfg.bands)
+    read_grid = regrid.plan_read(info, card, cfg.tiling.resolution)
+    _say_resolution(read_grid, card, cfg.tiling.resolution, say)
 
-    partial = _open_partial(target, info, members, seg_model, chosen, cfg, resume=resume, say=say)
+    partial = _open_partial(
+        target, info, members, seg_model, chosen, cfg, read_grid, resume=resume, say=say
+    )
     tmp_dir = partial.path
     try:
         source: str | Path = str(scene)
@@ -279,7 +292,7 @@ def segment(
         with rasterio.Env(GDAL_CACHEMAX=256 * 1024 * 1024, GDAL_NUM_THREADS="ALL_CPUS"):
             result = _run(
                 source, info, seg_model, chosen, cfg, tmp_dir, target, progress, say, engine,
-                partial,
+                partial, read_grid,
             )  # fmt: skip
         partial.finish(overwrite=overwrite)
     except KeyboardInterrupt:
@@ -301,8 +314,36 @@ def segment(
     return moved
 
 
+def _model_for(model: str | Path | SegmentationModel | None, cfg: RunConfig) -> SegmentationModel:
+    """The model to run: as given, or the default one for the configured device."""
+    if isinstance(model, SegmentationModel):
+        return model
+    if cfg.model is None or cfg.model == "default":
+        return load_default(cfg.inference.device)
+    return load_model(cfg.model)
+
+
 #: errno values that mean "the outputs cannot be written here" rather than a bug.
 _WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS, errno.EFBIG}
+
+
+def _say_resolution(read_grid: ReadGrid, card: Any, resolution: str | float, say: Log) -> None:
+    """Say how a resampled scene is read; warn when a scene is read outside the model's range."""
+    if read_grid.resampled:
+        say(read_grid.describe())
+        return
+    gsd, span = read_grid.scene_gsd, card.gsd_range
+    if gsd is None or not span or span[0] <= gsd <= span[1]:
+        return
+    why = read_grid.note or (
+        f"; --resolution {resolution} was asked (--resolution auto reads it at the model's)"
+    )
+    warnings.warn(
+        f"the scene's pixels are {gsd:.3g} m, outside the {span[0]:g}-{span[1]:g} m the model "
+        f"was trained at, and it is read at that size{why}",
+        ResolutionWarning,
+        stacklevel=3,
+    )
 
 
 def _open_partial(
@@ -312,6 +353,7 @@ def _open_partial(
     seg_model: SegmentationModel,
     chosen: tuple[int, ...],
     cfg: RunConfig,
+    read_grid: ReadGrid,
     *,
     resume: bool,
     say: Log,
@@ -329,14 +371,15 @@ def _open_partial(
 
     card = seg_model.card
     inf = cfg.inference
-    tile_size, overlap = cfg.tiling.resolve(card.tile_size)
-    grid = make_grid(info.height, info.width, tile_size, overlap, multiple=card.output_stride)
+    tile_size, overlap = cfg.tiling.resolve(card.tile_size, card.tile_overlap)
+    height, width = read_grid.height, read_grid.width
+    grid = make_grid(height, width, tile_size, overlap, multiple=card.output_stride)
     device = resolve_device(inf.device)
     block = suggested_block(info.width, info.height, cfg.output.block_size)
     check_memory(
         tile_height=grid.rows.size, tile_width=grid.cols.size, bands=len(chosen),
         classes=card.num_classes, batch_size=min(inf.batch_size, len(grid)),
-        scene_width=info.width, block_size=block, multiple=card.output_stride,
+        scene_width=max(info.width, width), block_size=block, multiple=card.output_stride,
         prefetch_batches=inf.prefetch_batches, probabilities=cfg.output.probabilities,
         device=str(device),
     )  # fmt: skip
@@ -349,6 +392,7 @@ def _open_partial(
         "precision": str(autocast_dtype(device, inf.precision) or "fp32"),
         "probabilities": cfg.output.probabilities,
         "block_size": block,
+        **read_grid.settings(),
         **{k: v for k, v in dataclasses.asdict(inf).items() if k not in unrelated},
     }
     fingerprint = {
@@ -428,20 +472,26 @@ def _run(
     say: Log,
     engine: Engine | None = None,
     partial: PartialRun | None = None,
+    read_grid: ReadGrid | None = None,
 ) -> SegmentResult:
     from rasterio.enums import Resampling
 
+    from geoseg.regrid import ReadGrid, first_grid_row
     from geoseg.stitch import NODATA_CLASS, NODATA_CONFIDENCE, NODATA_PROBABILITY
     from geoseg.tiling import make_grid
     from geoseg.write import RasterWriter, class_tags, suggested_block, write_preview
 
     card = seg_model.card
     timings: dict[str, float] = {}
-    tile_size, overlap = cfg.tiling.resolve(card.tile_size)
-    grid = make_grid(info.height, info.width, tile_size, overlap, multiple=card.output_stride)
+    tile_size, overlap = cfg.tiling.resolve(card.tile_size, card.tile_overlap)
+    read_grid = read_grid or ReadGrid.native(info)
+    grid = make_grid(
+        read_grid.height, read_grid.width, tile_size, overlap, multiple=card.output_stride
+    )
     say(
         f"geoseg: model {card.name} ({card.arch}/{card.encoder}); {info.width}x{info.height} px, "
         f"bands {list(chosen)}, {len(grid)} tiles of {grid.rows.size}x{grid.cols.size} px"
+        + (f" (read at {read_grid.width}x{read_grid.height} px)" if read_grid.resampled else "")
     )
     block = suggested_block(info.width, info.height, cfg.output.block_size)
     rows_done = partial.rows_done if partial is not None else 0
@@ -465,10 +515,13 @@ def _run(
             resampling=Resampling.average, **common,
         )  # fmt: skip
     # a resumed run restarts at the tile row whose band holds the first row not yet written
-    first_row = grid.rows.band_of(rows_done) if rows_done < info.height else len(grid.rows.starts)
+    grid_row = first_grid_row(read_grid, rows_done)
+    first_row = grid.rows.band_of(grid_row) if rows_done < info.height else len(grid.rows.starts)
+    resampled = read_grid if read_grid.resampled else None
     job = TileJob(
-        str(scene), chosen, grid, card, cfg.inference, cfg.output.probabilities, first_row
-    )
+        str(scene), chosen, grid, card, cfg.inference,
+        cfg.output.probabilities or resampled is not None, first_row, resampled,
+    )  # fmt: skip
     from tqdm import tqdm
 
     bar = tqdm(total=len(grid), unit="tile", disable=not progress, dynamic_ncols=True, delay=0.1)
@@ -477,8 +530,8 @@ def _run(
     try:
         t0 = time.perf_counter()
         if first_row < len(grid.rows.starts):
-            on_band = _resumable_sink(writers, partial, rows_done)
-            stats = (engine or local_engine)(job, seg_model, on_band, count_tiles, say)
+            with _scene_sink(writers, partial, rows_done, job, str(scene)) as on_band:
+                stats = (engine or local_engine)(job, seg_model, on_band, count_tiles, say)
         else:
             stats = EngineStats(device="none (every row was written before the interruption)")
         timings["tiles"] = time.perf_counter() - t0
@@ -525,6 +578,9 @@ def _run(
                     "overlap": overlap,
                     "bands": list(chosen),
                     "device": stats.device,
+                    "resolution": cfg.tiling.resolution,
+                    "scene_gsd": read_grid.scene_gsd,
+                    **read_grid.settings(),
                 },
             },
             indent=2,
@@ -578,6 +634,7 @@ class TileJob:
     inference: InferenceConfig
     probabilities: bool
     first_row: int = 0  # tile rows above it are already written (a resumed run)
+    read_grid: ReadGrid | None = None  # tiles read resampled onto this grid (None: the scene's)
 
 
 @dataclass
@@ -650,7 +707,7 @@ def run_tile_rows(
                 on_band(band)
         stats.stitch += time.perf_counter() - t0
 
-    reader = TileReader(job.scene, job.bands)
+    reader = TileReader(job.scene, job.bands, job.read_grid)
     normalise = Normaliser(job.card.mean, job.card.std)
     inf = job.inference
     try:
@@ -710,6 +767,26 @@ def _resumable_sink(
             partial.checkpoint(writers.values())
 
     return write
+
+
+@contextlib.contextmanager
+def _scene_sink(
+    writers: dict[str, Any], partial: PartialRun | None, rows_done: int, job: TileJob, scene: str
+) -> Iterator[BandSink]:
+    """Where an engine's bands go: the writers, through a :class:`Regridder` when resampled."""
+    write = _resumable_sink(writers, partial, rows_done)
+    if job.read_grid is None:
+        yield write
+        return
+    from geoseg.regrid import Regridder, scene_validity
+
+    grid = job.read_grid
+    with scene_validity(scene, job.bands, grid.scene_width) as validity:
+        regridder = Regridder(
+            grid, job.card.num_classes, write, validity,
+            probabilities="probabilities" in writers, first_row=rows_done,
+        )  # fmt: skip
+        yield regridder.add
 
 
 def _write_band(writers: dict[str, Any], band: Any) -> None:

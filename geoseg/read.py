@@ -13,7 +13,7 @@ import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import rasterio
@@ -30,6 +30,9 @@ from geoseg.errors import (
     SceneNotFoundError,
 )
 from geoseg.types import PixelWindow
+
+if TYPE_CHECKING:
+    from geoseg.regrid import ReadGrid
 
 SUPPORTED_DTYPES = ("uint8", "uint16", "int16", "uint32", "int32", "float32", "float64")
 #: numpy dtype names as GDAL spells them (``gdal_translate -ot``, VRT ``dataType``).
@@ -80,14 +83,18 @@ class SceneInfo:
 
     def summary(self) -> str:
         """A human-readable description (what ``geoseg info SCENE`` prints)."""
+        from geoseg.regrid import scene_gsd
+
         crs = self.crs.to_string() if self.crs else "none"
+        gsd = scene_gsd(self)
         return "\n".join(
             [
                 f"scene:      {self.path}",
                 f"size:       {self.width} x {self.height} px, {self.count} band(s) {self.dtype}",
                 f"bands:      {', '.join(self.band_names)}",
                 f"crs:        {crs}",
-                f"resolution: {self.res[0]:g} x {self.res[1]:g}",
+                f"resolution: {self.res[0]:g} x {self.res[1]:g}"
+                + (f" (ground sample distance {gsd:.3g} m)" if gsd is not None else ""),
                 f"nodata:     {self.nodata}",
                 f"transform:  {tuple(round(v, 6) for v in self.transform[:6])}",
             ]
@@ -316,9 +323,12 @@ class TileReader:
     Each thread gets its own dataset handle (GDAL handles are not thread-safe).
     """
 
-    def __init__(self, path: str | Path, bands: Sequence[int]) -> None:
+    def __init__(
+        self, path: str | Path, bands: Sequence[int], grid: ReadGrid | None = None
+    ) -> None:
         self.path = _gdal_path(path)
         self.bands = list(bands)
+        self.grid = grid if grid is not None and grid.resampled else None
         self._local = threading.local()
         self._handles: list[Any] = []
         self._lock = threading.Lock()
@@ -327,6 +337,8 @@ class TileReader:
             self.is_float = np.dtype(ds.dtypes[0]).kind == "f"
             self.alpha_is_data = alpha_data_band(ds) is not None
             self.nodata = ds.nodata
+        if self.grid is not None:  # windows are in the grid's pixels, read resampled
+            self.height, self.width = self.grid.height, self.grid.width
 
     def _dataset(self) -> Any:
         ds = getattr(self._local, "ds", None)
@@ -349,13 +361,8 @@ class TileReader:
         valid = np.zeros(window.shape, dtype=bool)
         if inside is None:
             return data, valid
-        rw = inside.to_rasterio()
         try:
-            raw = ds.read(self.bands, window=rw)
-            if self.alpha_is_data:  # validity from the pixels just read
-                ok = valid_by_nodata(raw, self.nodata)
-            else:
-                ok = np.all(ds.read_masks(self.bands, window=rw) > 0, axis=0)
+            raw, ok = self._read_inside(ds, inside)
         except RasterioIOError as exc:
             # rasterio's own message says "see previous exception"; GDAL's reason is the cause
             reason = str(exc.__cause__ or exc).strip().splitlines()[0]
@@ -371,6 +378,30 @@ class TileReader:
         data[:, rows, cols] = raw
         valid[rows, cols] = ok
         return data, valid
+
+    def _read_inside(self, ds: Any, inside: PixelWindow) -> tuple[np.ndarray, np.ndarray]:
+        """Pixels and validity of a window inside the scene (or inside the read grid)."""
+        if self.grid is None:
+            rw = inside.to_rasterio()
+            raw = ds.read(self.bands, window=rw)
+            if self.alpha_is_data:  # validity from the pixels just read
+                return raw, valid_by_nodata(raw, self.nodata)
+            return raw, np.all(ds.read_masks(self.bands, window=rw) > 0, axis=0)
+        # Floating-point windows with out_shape (see geoseg.regrid): finer than the scene,
+        # bilinear, exactly as over the whole scene; coarser, average.
+        # Validity is resampled by nearest neighbour, so no mixed value passes for nodata.
+        Resampling = rasterio.enums.Resampling
+        rw = self.grid.scene_window(inside)
+        shape = (len(self.bands), inside.height, inside.width)
+        upsampling = self.grid.scale[0] >= 1
+        kind = Resampling.bilinear if upsampling else Resampling.average
+        raw = ds.read(self.bands, window=rw, out_shape=shape, resampling=kind)
+        near = {"window": rw, "out_shape": shape, "resampling": Resampling.nearest}
+        if not self.alpha_is_data:
+            return raw, np.all(ds.read_masks(self.bands, **near) > 0, axis=0)
+        if self.nodata is None:
+            return raw, np.ones(shape[1:], dtype=bool)
+        return raw, valid_by_nodata(ds.read(self.bands, **near), self.nodata)
 
     def close(self) -> None:
         """Close every per-thread handle."""

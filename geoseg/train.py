@@ -593,6 +593,7 @@ def train(
         sampling=tc.sampling,
         scale=tc.scale,
         color_jitter=float(tc.color_jitter),
+        hue_shift=_hue_shift(tc.hue_shift, card.classes.names),
     )
     val_set = train_data.WholeImageDataset(val_items, mean, std, stride=stride)
     train_loader: DataLoader[dict[str, torch.Tensor]] = DataLoader(
@@ -749,6 +750,14 @@ def _checkpoint_step(path: str) -> int:
 
 #: Hyper-parameters a run can only resume with unchanged: they shape the network or the labels.
 RESUME_FIXED = ("model", "backbone", "arch_kwargs", "in_channels", "num_classes", "label_sets")
+
+
+def _hue_shift(raw: Mapping[str, Any] | None, names: Sequence[str]) -> train_data.HueShift | None:
+    """The dataset's :class:`~geoseg.train_data.HueShift` from the validated config section."""
+    if raw is None:
+        return None
+    ids = tuple(list(names).index(c) for c in raw["classes"])
+    return train_data.HueShift(ids, raw["degrees"], raw["probability"], raw["brightness"])
 
 
 def check_resumable(path: str, hparams: Mapping[str, Any]) -> None:

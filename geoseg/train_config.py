@@ -84,6 +84,9 @@ class TrainingConfig:
     sampling: str = "sqrt"
     scale: tuple[float, float] | None = None
     color_jitter: float = 0.0
+    # Class-conditional hue augmentation:
+    # {classes: [names], degrees: 180, probability: 0.5, brightness: [low, high]}.
+    hue_shift: Mapping[str, Any] | None = None
     batch_size: int = 8
     max_steps: int = 2000
     steps_per_epoch: int = 100
@@ -218,7 +221,7 @@ def load_config(
         class_entries=tuple(entries),
         sources=sources,
         model=_model_config(raw.get("model", {}), base),
-        training=_training_config(raw.get("training", {})),
+        training=_training_config(raw.get("training", {}), classes),
         card={str(k): str(v) for k, v in dict(raw.get("card", {}) or {}).items()},
         band_names=band_names,
         coarse=_coarse(raw.get("coarse"), classes),
@@ -394,8 +397,10 @@ def _model_config(raw: Any, base: Path) -> ModelConfig:
     return dataclasses.replace(cfg, init=path)
 
 
-def _training_config(raw: Any) -> TrainingConfig:
+def _training_config(raw: Any, classes: ClassTable) -> TrainingConfig:
     cfg: TrainingConfig = _section(TrainingConfig, raw, "training")
+    if cfg.hue_shift is not None:
+        cfg = dataclasses.replace(cfg, hue_shift=_hue_shift(cfg.hue_shift, classes))
     ints = ("crop", "batch_size", "max_steps", "steps_per_epoch", "checkpoint_every_n_steps")
     for key in ints:
         value = getattr(cfg, key)
@@ -440,6 +445,41 @@ def _training_config(raw: Any) -> TrainingConfig:
             f"training.prior_correction must be true or false, got {cfg.prior_correction!r}"
         )
     return cfg
+
+
+def _hue_shift(raw: Any, classes: ClassTable) -> dict[str, Any]:
+    """``training.hue_shift`` checked: class names in the legend, degrees and probability."""
+    if not isinstance(raw, Mapping) or not isinstance(raw.get("classes"), list):
+        raise ConfigError(
+            "training.hue_shift must be a mapping {classes: [names], degrees: 180, "
+            f"probability: 0.5}}, got {raw!r}"
+        )
+    _no_unknown(raw, {"classes", "degrees", "probability", "brightness"}, "training.hue_shift")
+    names = classes.names
+    unknown = [c for c in raw["classes"] if c not in names]
+    if unknown or not raw["classes"]:
+        raise ConfigError(
+            f"training.hue_shift.classes must name classes of the legend {list(names)}, "
+            f"got {raw['classes']!r}"
+        )
+    out: dict[str, Any] = {"classes": list(raw["classes"])}
+    for key, default, low, high in (("degrees", 180.0, 0, 180), ("probability", 0.5, 0, 1)):
+        value = raw.get(key, default)
+        if isinstance(value, bool) or not isinstance(value, int | float) or not low < value <= high:
+            raise ConfigError(f"training.hue_shift.{key} must be in ({low}, {high}], got {value!r}")
+        out[key] = float(value)
+    gain = raw.get("brightness", [1.0, 1.0])
+    if (
+        not isinstance(gain, list | tuple)
+        or len(gain) != 2
+        or not all(isinstance(v, int | float) and not isinstance(v, bool) for v in gain)
+        or not 0 < gain[0] <= gain[1]
+    ):
+        raise ConfigError(
+            f"training.hue_shift.brightness must be a gain range [low, high], got {gain!r}"
+        )
+    out["brightness"] = (float(gain[0]), float(gain[1]))
+    return out
 
 
 def _data_config(raw: Any, base: Path) -> DataConfig:

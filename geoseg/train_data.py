@@ -441,6 +441,7 @@ class RandomCropDataset:
         sampling: str = "sqrt",
         scale: tuple[float, float] | None = None,
         color_jitter: float = 0.0,
+        hue_shift: HueShift | None = None,
     ) -> None:
         if not items:
             raise TrainingError("no training images")
@@ -459,6 +460,7 @@ class RandomCropDataset:
         if not 0 <= color_jitter < 1:
             raise TrainingError(f"color_jitter must be in [0, 1), got {color_jitter!r}")
         self.color_jitter = color_jitter
+        self.hue_shift = hue_shift
         pixels = np.array([i.pixels for i in self.items], dtype=np.float64)
         draw = {"pixels": pixels, "sqrt": np.sqrt(pixels), "images": np.ones_like(pixels)}
         self.weights = draw[sampling] / draw[sampling].sum()
@@ -483,6 +485,8 @@ class RandomCropDataset:
             image, label = resample_crop(image, label, self.crop)
         if self.augment:
             image, label = flip_rotate(image, label, rng)
+            if self.hue_shift is not None:
+                image = self.hue_shift.apply(image, label, rng, item.image.dtype)
             if self.color_jitter:
                 image = jitter_colors(image, self.color_jitter, rng, item.image.dtype)
         x = (image.astype(np.float32) - self.mean) / self.std
@@ -571,6 +575,70 @@ def jitter_colors(
     if np.issubdtype(dtype, np.integer):
         info = np.iinfo(dtype)
         np.clip(out, info.min, info.max, out=out)
+    return out
+
+
+@dataclass(frozen=True)
+class HueShift:
+    """Class-conditional colour augmentation: the pixels of some classes get a random hue.
+
+    A class's colour can differ between regions far more than illumination explains: open water
+    is blue in Dubai, brown in Ohio's ponds and green in North Dakota's algal prairie lakes. With
+    ``probability`` a crop's pixels labelled one of ``class_ids`` are rotated about the grey axis
+    of RGB by an angle drawn uniformly from ``+- degrees`` (brightness and texture are kept), so the
+    network must recognise them by shape, texture and context as well as by colour. The same
+    pixels are also scaled by a gain drawn log-uniformly from ``brightness`` (shallow or turbid
+    water is brighter than deep water).
+    """
+
+    class_ids: tuple[int, ...]
+    degrees: float = 180.0
+    probability: float = 0.5
+    brightness: tuple[float, float] = (1.0, 1.0)
+
+    def __post_init__(self) -> None:
+        if not self.class_ids:
+            raise TrainingError("hue_shift needs at least one class")
+        if not 0 < self.degrees <= 180:
+            raise TrainingError(f"hue_shift degrees must be in (0, 180], got {self.degrees!r}")
+        if not 0 < self.probability <= 1:
+            raise TrainingError(
+                f"hue_shift probability must be in (0, 1], got {self.probability!r}"
+            )
+        low, high = self.brightness
+        if not 0 < low <= high:
+            raise TrainingError(f"hue_shift brightness must be 0 < low <= high, got {low}, {high}")
+
+    def apply(
+        self,
+        image: npt.NDArray[Any],
+        label: npt.NDArray[np.uint8],
+        rng: np.random.Generator,
+        dtype: npt.DTypeLike = np.uint8,
+    ) -> npt.NDArray[Any]:
+        """``image`` (3, H, W) with the selected classes' hue rotated (or unchanged)."""
+        if image.shape[0] != 3 or rng.random() >= self.probability:
+            return image
+        mask = np.isin(label, self.class_ids)
+        if not mask.any():
+            return image
+        angle = np.deg2rad(rng.uniform(-self.degrees, self.degrees))
+        out = np.asarray(image, dtype=np.float32).copy()
+        low, high = self.brightness
+        gain = float(np.exp(rng.uniform(np.log(low), np.log(high))))
+        out[:, mask] = (hue_rotation(angle) * gain) @ out[:, mask]
+        if np.issubdtype(dtype, np.integer):
+            info = np.iinfo(dtype)
+            np.clip(out, info.min, info.max, out=out)
+        return out
+
+
+def hue_rotation(angle: float) -> npt.NDArray[np.float32]:
+    """The 3x3 matrix rotating RGB colours by ``angle`` radians about the grey axis (1, 1, 1)."""
+    k = np.full(3, 1 / np.sqrt(3))
+    cross = np.array([[0, -k[2], k[1]], [k[2], 0, -k[0]], [-k[1], k[0], 0]])
+    rot = np.cos(angle) * np.eye(3) + np.sin(angle) * cross + (1 - np.cos(angle)) * np.outer(k, k)
+    out: npt.NDArray[np.float32] = rot.astype(np.float32)
     return out
 
 
