@@ -335,8 +335,10 @@ def _say_resolution(read_grid: ReadGrid, card: Any, resolution: str | float, say
     gsd, span = read_grid.scene_gsd, card.gsd_range
     if gsd is None or not span or span[0] <= gsd <= span[1]:
         return
+    nearest = min(max(gsd, span[0]), span[1])
     why = read_grid.note or (
-        f"; --resolution {resolution} was asked (--resolution auto reads it at the model's)"
+        f"; --resolution {resolution} was asked (--resolution {nearest:g} reads it at the "
+        "nearest pixel size the model was trained at)"
     )
     warnings.warn(
         f"the scene's pixels are {gsd:.3g} m, outside the {span[0]:g}-{span[1]:g} m the model "
