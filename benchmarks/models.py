@@ -28,7 +28,7 @@ def benchmark_model(kind: str = "resnet18", seed: int = 0) -> Any:
 
     if kind == "default" and default_model_path().exists():
         return load_model(None)
-    if kind.endswith((".pt", ".ckpt")):  # a checkpoint, e.g. an earlier default model
+    if kind.endswith((".pt", ".ckpt", ".onnx")):  # a checkpoint or ONNX file
         return load_model(kind)
     if kind not in KINDS:
         raise SystemExit(f"unknown model {kind!r}; choose one of {', '.join(KINDS)}")

@@ -197,7 +197,9 @@ def main(argv: list[str] | None = None) -> int:
 
     RESULTS.mkdir(exist_ok=True)
     kind = Path(args.model).stem if args.model.endswith((".pt", ".ckpt")) else args.model
-    out = RESULTS / f"pipeline_{args.size}_{kind}{'_' + args.tag if args.tag else ''}.json"
+    out = (
+        RESULTS / f"pipeline_{args.size}_{Path(kind).stem}{'_' + args.tag if args.tag else ''}.json"
+    )
     out.write_text(json.dumps({
         "scene": {"size": args.size, "path": str(scene)},
         "settings": {"tile": args.tile, "overlap": args.overlap, "batch": args.batch,
