@@ -123,6 +123,12 @@ def test_config_errors_name_the_key(tmp_path: Path) -> None:
         (("training", "prior_correction"), "yes", "training.prior_correction"),
         (("training", "color_jitter"), 1.0, "training.color_jitter"),
         (("training", "color_jitter"), "strong", "training.color_jitter"),
+        (("training", "hue_shift"), {"classes": ["lake"]}, "hue_shift.classes must name"),
+        (("training", "hue_shift"), {"classes": ["water"], "degrees": 200}, "hue_shift.degrees"),
+        (("training", "hue_shift"), {"classes": ["water"], "probability": 0}, "probability"),
+        (("training", "hue_shift"), {"classes": ["water"], "brightness": [2, 1]}, "brightness"),
+        (("training", "hue_shift"), {"classes": ["water"], "hue": 3}, "hue_shift"),
+        (("training", "hue_shift"), "water", "must be a mapping"),
         (("model", "init"), "missing.pt", "model.init: checkpoint .* does not exist"),
         (("model", "init"), 3, "model.init must be"),
     ]
@@ -542,3 +548,32 @@ def test_set_valued_labels_need_the_cross_entropy(tmp_path: Path) -> None:
     cfg["training"]["loss"] = "dice"
     with pytest.raises(ConfigError, match="set-valued"):
         train(cfg)
+
+
+def test_hue_rotation_keeps_grey_and_brightness() -> None:
+    rot = train_data.hue_rotation(np.deg2rad(120))
+    np.testing.assert_allclose(rot @ np.array([50.0, 50.0, 50.0]), [50, 50, 50], atol=1e-4)
+    np.testing.assert_allclose(rot @ np.array([0.0, 0.0, 255.0]), [255, 0, 0], atol=1e-3)
+    np.testing.assert_allclose(rot @ rot @ rot, np.eye(3), atol=1e-5)  # three turns of 120°
+
+
+def test_hue_shift_changes_only_the_chosen_classes_pixels() -> None:
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 200, size=(3, 32, 32)).astype(np.uint8)
+    label = np.zeros((32, 32), np.uint8)
+    label[8:20, 4:30] = 2
+    shift = train_data.HueShift((2,), degrees=150, probability=1.0, brightness=(1.5, 1.5))
+    out = shift.apply(image, label, np.random.default_rng(1))
+    water = label == 2
+    np.testing.assert_array_equal(out[:, ~water], image[:, ~water])
+    assert not np.allclose(out[:, water], image[:, water])
+    # the gain scales the (rotated) pixels: their mean over the bands rises by 1.5, clipped at 255
+    expected = np.minimum(image[:, water].astype(np.float32).mean(0) * 1.5, 255)
+    assert np.abs(out[:, water].mean(0) - expected).mean() < 12
+    assert out.max() <= 255 and out.min() >= 0
+    never = train_data.HueShift((2,), probability=1e-9)
+    assert never.apply(image, label, np.random.default_rng(1)) is image
+    with pytest.raises(TrainingError, match="degrees"):
+        train_data.HueShift((2,), degrees=0)
+    with pytest.raises(TrainingError, match="at least one class"):
+        train_data.HueShift(())
