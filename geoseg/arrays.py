@@ -137,7 +137,7 @@ def _warn_outside_range(info: Any, card: Any) -> None:
     import warnings
 
     from geoseg.errors import ResolutionWarning
-    from geoseg.regrid import scene_gsd
+    from geoseg.regrid import auto_gsd, scene_gsd
 
     gsd, span = scene_gsd(info), card.gsd_range
     if gsd is None or not span or span[0] <= gsd <= span[1]:
@@ -145,7 +145,7 @@ def _warn_outside_range(info: Any, card: Any) -> None:
     warnings.warn(
         f"the array's pixels are {gsd:.3g} m, outside the {span[0]:g}-{span[1]:g} m the model was "
         "trained at; segment_array reads them as they are: resample first "
-        f"(e.g. data.rio.reproject(data.rio.crs, resolution={min(max(gsd, span[0]), span[1]):g})) "
+        f"(e.g. data.rio.reproject(data.rio.crs, resolution={auto_gsd(gsd, span):g})) "
         "or run geoseg.segment on the file, which does",
         ResolutionWarning,
         stacklevel=3,

@@ -335,7 +335,9 @@ def _say_resolution(read_grid: ReadGrid, card: Any, resolution: str | float, say
     gsd, span = read_grid.scene_gsd, card.gsd_range
     if gsd is None or not span or span[0] <= gsd <= span[1]:
         return
-    nearest = min(max(gsd, span[0]), span[1])
+    from geoseg.regrid import auto_gsd
+
+    nearest = auto_gsd(gsd, span)
     why = read_grid.note or (
         f"; --resolution {resolution} was asked (--resolution {nearest:g} reads it at the "
         "nearest pixel size the model was trained at)"
