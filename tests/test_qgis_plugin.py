@@ -99,6 +99,10 @@ def test_run_streams_progress_log_lines_and_warnings(tmp_path):
             err.write(f"\r{25 * done:3d}%|\u2588\u2588   | {done}/4 [00:0{done}<00:01, 2.0tile/s]")
             err.flush()
         err.write("\n")
+        err.flush()
+        # stdout and stderr are separate pipes, read side by side: give the stderr lines time to
+        # be handled first, so the order below is the order geoseg wrote them
+        time.sleep(0.5)
         print("outputs in out:")
         """,
     )
