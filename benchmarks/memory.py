@@ -114,7 +114,7 @@ def table(rows: list[dict[str, Any]]) -> str:
 
 def measure_sizes(args: argparse.Namespace, name: str) -> list[dict[str, Any]]:
     """Build each scene, run ``geoseg run`` on it, print and save the table."""
-    from geoseg.tiling import make_grid
+    from geoseg.engine.tiling import make_grid
 
     args.workdir.mkdir(parents=True, exist_ok=True)
     model = checkpoint(args.model, args.workdir)

@@ -1,10 +1,10 @@
 """onnxruntime versus PyTorch eager on the CPU: the default model on the same tiles, interleaved.
 
 The shipped default model is exported with ``geoseg.export_onnx`` and both run through geoseg's
-own :class:`~geoseg.inference.Predictor` (softmax probabilities, as in ``geoseg run``) on exactly
-the same batches of a synthetic but real-pixel scene (``synthetic.py``: a mosaic of the real Dubai
-aerial photographs, 0.5 m): tile 512, overlap 64, batch 8. Each batch is read and normalised once
-(not timed), then run by both engines, the order alternating from batch to batch, so that
+own :class:`~geoseg.engine.inference.Predictor` (softmax probabilities, as in ``geoseg run``) on
+exactly the same batches of a synthetic but real-pixel scene (``synthetic.py``: a mosaic of the real
+Dubai aerial photographs, 0.5 m): tile 512, overlap 64, batch 8. Each batch is read and normalised
+once (not timed), then run by both engines, the order alternating from batch to batch, so that
 background load on a shared machine hits both alike; the ratio is the robust number.
 
 What the numbers mean:
@@ -19,7 +19,7 @@ What the numbers mean:
 
 Thread settings: torch ``set_num_threads(--threads)`` (default: torch's own, one per core) and
 onnxruntime ``intra_op_num_threads`` equal to it, ``inter_op_num_threads`` 1 (what geoseg's
-:class:`~geoseg.onnx_module.OnnxModule` sets).
+:class:`~geoseg.model.onnx_module.OnnxModule` sets).
 
     python benchmarks/onnx_cpu.py                  # 4096² scene
     python benchmarks/onnx_cpu.py --size 2048      # a quicker run
@@ -51,9 +51,9 @@ def interleaved(
     models: dict[str, Any], scene: Path, tile: int, overlap: int, batch: int
 ) -> dict[str, Any]:
     """Run every batch of the scene's grid through each model in turn; times and agreement."""
-    from geoseg.inference import Normaliser, Predictor, read_batches
-    from geoseg.read import TileReader
-    from geoseg.tiling import make_grid
+    from geoseg.engine.inference import Normaliser, Predictor, read_batches
+    from geoseg.engine.tiling import make_grid
+    from geoseg.io.read import TileReader
 
     card = models["torch"].card
     predictors = {name: Predictor(model, "cpu") for name, model in models.items()}
@@ -123,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
     import onnxruntime
 
     from geoseg.model import load_model
-    from geoseg.onnx import export_onnx
+    from geoseg.model.onnx import export_onnx
 
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -47,9 +47,9 @@ RESULTS = Path(__file__).resolve().parent / "results"
 
 def model_only(model: Any, scene: Path, tile: int, overlap: int, batch: int) -> dict[str, float]:
     """Forward time over the pipeline's own batches (read and normalised beforehand)."""
-    from geoseg.inference import Normaliser, Predictor, read_batches
-    from geoseg.read import TileReader
-    from geoseg.tiling import make_grid
+    from geoseg.engine.inference import Normaliser, Predictor, read_batches
+    from geoseg.engine.tiling import make_grid
+    from geoseg.io.read import TileReader
 
     card = model.card
     with TileReader(scene, (1, 2, 3)) as reader:
@@ -112,7 +112,7 @@ def pipeline_run(
 
 def warm_up(model: Any, tile: int, batch: int) -> None:
     """One forward pass so that first-call allocation is in neither measurement."""
-    from geoseg.inference import Predictor
+    from geoseg.engine.inference import Predictor
 
     predictor = Predictor(model, "auto")
     predictor.predict(np.zeros((batch, model.card.in_channels, tile, tile), np.float32))

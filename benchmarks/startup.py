@@ -25,7 +25,7 @@ RESULTS = Path(__file__).resolve().parent / "results"
 FIRST_TILE = r"""
 import os, sys, time
 started = float(sys.argv[1])
-import geoseg.read as read
+import geoseg.io.read as read
 def first_read(self, window):
     print(f"FIRST_TILE {time.time() - started:.3f}", flush=True)
     os._exit(0)

@@ -7,7 +7,7 @@ when it holds names, else ``long_name``, which rioxarray fills from the band des
 chosen with ``bands=``; nodata comes from ``.rio.nodata`` (``_FillValue``), and NaN and infinite
 values are nodata in float arrays.
 
-The tile loop is :mod:`geoseg.chunked`'s dask graph over the scene's global tile grid, so the
+The tile loop is :mod:`geoseg.engine.chunked`'s dask graph over the scene's global tile grid, so the
 outputs equal :func:`geoseg.segment`'s on the same pixels whatever the chunking. A numpy-backed
 array is segmented at once (in chunks of :data:`DEFAULT_CHUNK`, through the same graph); a
 dask-backed one gives dask-backed outputs with its ``(y, x)`` chunks, computed only when asked
@@ -31,8 +31,8 @@ import xarray as xr
 from geoseg.errors import BandMismatchError, InputError
 
 if TYPE_CHECKING:
+    from geoseg.io.read import SceneInfo
     from geoseg.model import ModelCard, SegmentationModel
-    from geoseg.read import SceneInfo
 
 #: Chunk edge (pixels) used for a numpy-backed array, and the size recommended for dask inputs:
 #: with 512 px tiles it costs about 1.3x the blending of a whole-scene run and no extra inference.
@@ -93,12 +93,12 @@ def segment_array(
     """
     import dask.array as da
 
-    from geoseg.chunked import ChunkedJob, segment_chunks
-    from geoseg.journal import model_fingerprint
+    from geoseg.engine.chunked import ChunkedJob, segment_chunks
+    from geoseg.engine.journal import model_fingerprint
+    from geoseg.engine.tiling import make_grid
+    from geoseg.io.read import select_bands
     from geoseg.model import SegmentationModel, load_model
     from geoseg.pipeline import resolve_config
-    from geoseg.read import select_bands
-    from geoseg.tiling import make_grid
 
     cfg = resolve_config(
         None, model=model, tile_size=tile_size, overlap=overlap, batch_size=batch_size,
@@ -137,7 +137,7 @@ def _warn_outside_range(info: Any, card: Any) -> None:
     import warnings
 
     from geoseg.errors import ResolutionWarning
-    from geoseg.regrid import auto_gsd, scene_gsd
+    from geoseg.io.grid import auto_gsd, scene_gsd
 
     gsd, span = scene_gsd(info), card.gsd_range
     if gsd is None or not span or span[0] <= gsd <= span[1]:
@@ -154,7 +154,7 @@ def _warn_outside_range(info: Any, card: Any) -> None:
 
 def _scene(data: xr.DataArray) -> _Scene:
     """Dims, orientation, band names, nodata and georeferencing of ``data``."""
-    from geoseg.read import SceneInfo, validate_scene
+    from geoseg.io.read import SceneInfo, validate_scene
 
     if not isinstance(data, xr.DataArray):
         raise InputError(
@@ -263,7 +263,7 @@ def _band_names(pixels: xr.DataArray, band_dim: str) -> tuple[str, ...]:
 
 def _band_positions(info: SceneInfo, bands: Sequence[int | str] | None) -> list[int] | None:
     """``bands=`` as 1-based positions: ints stay, names are looked up among the band names."""
-    from geoseg.read import canonical_band_name
+    from geoseg.io.read import canonical_band_name
 
     if bands is None:
         return None
@@ -299,8 +299,8 @@ def _dataset(
     tile: int, overlap: int,
 ) -> xr.Dataset:  # fmt: skip
     """The outputs on the input's coordinates, back in its orientation, georeferenced."""
-    from geoseg.stitch import NODATA_CLASS, NODATA_CONFIDENCE, NODATA_PROBABILITY
-    from geoseg.write import class_tags
+    from geoseg.engine.stitch import NODATA_CLASS, NODATA_CONFIDENCE, NODATA_PROBABILITY
+    from geoseg.io.write import class_tags
 
     source, y_dim, x_dim = scene.source, scene.y_dim, scene.x_dim
     rows = slice(None, None, -1 if scene.flip_y else 1)

@@ -5,15 +5,15 @@ Each block is a dask task that runs :func:`geoseg.pipeline.run_tile_rows` -- the
 infer -> stitch loop as the local engine -- over its rows plus one halo tile row above them, which
 is exactly what the stitcher needs to rebuild the blended band carried into the block. The task
 returns the block's finished row bands (uint8 classes, confidence, probabilities); the client
-writes them in row order through the same :class:`~geoseg.write.RasterWriter` as a local run, so
+writes them in row order through the same :class:`~geoseg.io.write.RasterWriter` as a local run, so
 ``classes.tif`` equals the local engine's pixel for pixel and there is only ever one writer.
 
 Many scenes (:func:`segment_many`): one task per scene, each a complete local ``segment`` on a
 worker, writing its own output folder.
 
 The model is loaded once on the client, scattered once to every worker and kept there; a worker
-plugin caches one :class:`~geoseg.inference.Predictor` per model and settings, and pins the number
-of torch threads so that several workers on one machine do not oversubscribe its cores. The
+plugin caches one :class:`~geoseg.engine.inference.Predictor` per model and settings, and pins the
+number of torch threads so that several workers on one machine do not oversubscribe its cores. The
 device is resolved on each worker (``auto``: its GPU when it has one). Failed tasks are retried
 by dask (``retries``); geoseg schedules nothing itself, it only limits how many blocks are in
 flight so that finished bands waiting for the writer stay bounded.
@@ -29,18 +29,15 @@ to keep in sync and nothing the tile loop does not already do.
 
 from __future__ import annotations
 
-import os
-import threading
 import time
 from collections import deque
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from distributed.diagnostics.plugin import WorkerPlugin
-
+from geoseg.engine.workers import GeosegWorkerPlugin, worker_plugin
 from geoseg.errors import ConfigError, GeosegError
 from geoseg.pipeline import (
     BandSink,
@@ -55,80 +52,11 @@ from geoseg.pipeline import (
 if TYPE_CHECKING:
     from distributed import Client
 
-    from geoseg.config import InferenceConfig
-    from geoseg.inference import Predictor
+    from geoseg.engine.stitch import Band
     from geoseg.model import SegmentationModel
-    from geoseg.stitch import Band
 
-PLUGIN_NAME = "geoseg"
 #: Finished bands of one block are held in memory until written; this caps a block's size.
 DEFAULT_BLOCK_BYTES = 256 * 1024 * 1024
-
-
-class GeosegWorkerPlugin(WorkerPlugin):
-    """Per-worker state: the torch thread count and a cache of predictors (one per model).
-
-    ``torch_threads`` is a fixed count, a ``{host: workers on that host}`` mapping (each worker
-    then takes its share of the host's cores), or ``None`` to leave torch's setting alone.
-    """
-
-    name = PLUGIN_NAME
-
-    def __init__(self, torch_threads: int | Mapping[str, int] | None = None) -> None:
-        self.torch_threads = torch_threads
-        self.threads: int | None = None
-
-    def __getstate__(self) -> dict[str, Any]:
-        # Sent to workers before setup: only the settings travel, never a cache or a lock.
-        return {"torch_threads": self.torch_threads, "threads": None}
-
-    def setup(self, worker: Any) -> None:
-        """Pin torch's thread count on the worker (called by dask when the plugin arrives)."""
-        self._predictors: dict[tuple[str, str, str, str], Predictor] = {}
-        self._lock = threading.Lock()
-        wanted = self.torch_threads
-        if isinstance(wanted, Mapping):
-            host = str(getattr(worker, "ip", ""))
-            wanted = max(1, _cpu_count() // max(1, int(wanted.get(host, 1))))
-        if wanted:
-            import torch
-
-            torch.set_num_threads(int(wanted))
-            self.threads = int(wanted)
-
-    def predictor(
-        self, model_key: str, model: SegmentationModel, inference: InferenceConfig
-    ) -> Predictor:
-        """The cached predictor for this model and settings, created on first use."""
-        from geoseg.inference import Predictor
-
-        key = (model_key, inference.device, inference.precision, inference.tta)
-        with self._lock:
-            if key not in self._predictors:
-                self._predictors[key] = Predictor(
-                    model, inference.device, inference.precision, tta=inference.tta
-                )
-            return self._predictors[key]
-
-
-def _cpu_count() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # pragma: no cover - not Linux
-        return os.cpu_count() or 1
-
-
-def _plugin() -> GeosegWorkerPlugin:
-    from distributed import get_worker
-
-    worker = get_worker()
-    plugin = worker.plugins.get(PLUGIN_NAME)
-    if not isinstance(plugin, GeosegWorkerPlugin):
-        # The registration has not reached this worker (it joined meanwhile): set it up here.
-        plugin = GeosegWorkerPlugin()
-        plugin.setup(worker)
-        worker.plugins[PLUGIN_NAME] = plugin
-    return plugin
 
 
 def infer_block(
@@ -137,7 +65,7 @@ def infer_block(
     """Worker task: the finished bands of tile rows ``rows`` (one halo tile row is added above)."""
     from geoseg import pipeline
 
-    predictor = _plugin().predictor(model_key, model, job.inference)
+    predictor = worker_plugin().predictor(model_key, model, job.inference)
     bands: list[Band] = []
     stats = pipeline.run_tile_rows(job, predictor, bands.append, rows=rows)
     return bands, stats

@@ -19,6 +19,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from geoseg.config import InferenceConfig, RunConfig, load_config
+from geoseg.engine.stitch import Band
+from geoseg.engine.tiling import TileGrid
 from geoseg.errors import (
     BandMismatchError,
     GeosegError,
@@ -28,15 +30,13 @@ from geoseg.errors import (
     UngeoreferencedWarning,
 )
 from geoseg.model import ModelCard, SegmentationModel, load_default, load_model
-from geoseg.stitch import Band
-from geoseg.tiling import TileGrid
 from geoseg.types import ClassTable
 
 if TYPE_CHECKING:
-    from geoseg.inference import Predictor
-    from geoseg.journal import PartialRun
-    from geoseg.read import SceneInfo
-    from geoseg.regrid import ReadGrid
+    from geoseg.engine.inference import Predictor
+    from geoseg.engine.journal import PartialRun
+    from geoseg.io.grid import ReadGrid
+    from geoseg.io.read import SceneInfo
 
 Log = Callable[[str], None]
 
@@ -114,7 +114,7 @@ def default_out_dir(scene: str | Path | Sequence[str | Path]) -> Path:
 
     A mosaic (a list of files) gets ``mosaic_geoseg/`` next to its first file.
     """
-    from geoseg.journal import is_remote
+    from geoseg.engine.journal import is_remote
 
     if not isinstance(scene, str | Path):
         return Path(str(next(iter(scene)))).parent / "mosaic_geoseg"
@@ -195,7 +195,7 @@ def segment(
 
     Args:
         scene: path (or GDAL path/URL such as ``/vsicurl/...``, ``s3://...``) of the input
-            raster, or a list of paths that form one mosaic (see :mod:`geoseg.mosaic`).
+            raster, or a list of paths that form one mosaic (see :mod:`geoseg.io.mosaic`).
         out_dir: output folder.
         model: checkpoint path, a loaded :class:`SegmentationModel`, or ``None`` for the default.
         tile_size: tile edge in pixels (default: the model's training tile size).
@@ -221,11 +221,11 @@ def segment(
         resolution: the pixel size tiles are read at: ``auto`` (default: the model's own when
             the scene's lies outside the range the model was trained at), ``native`` (the
             scene's), or metres; outputs are always on the scene's own grid
-            (see :mod:`geoseg.regrid`).
+            (see :mod:`geoseg.io.grid`).
     """
     import rasterio
 
-    from geoseg import read as readmod
+    from geoseg.io import read as readmod
 
     t_start = time.perf_counter()
     say: Log = log or (lambda _msg: None)
@@ -235,7 +235,7 @@ def segment(
         preview=preview, min_area=min_area, simplify=simplify, tta=tta, resolution=resolution,
     )  # fmt: skip
 
-    from geoseg import mosaic, regrid
+    from geoseg.io import grid, mosaic
 
     vrt_xml: str | None = None
     if mosaic.is_mosaic(scene):
@@ -278,7 +278,7 @@ def segment(
             f"the scene (e.g. gdal_translate -ot {gdal_type} -scale) or pass another --model"
         )
     chosen = readmod.select_bands(info, card.bands, cfg.bands)
-    read_grid = regrid.plan_read(info, card, cfg.tiling.resolution)
+    read_grid = grid.plan_read(info, card, cfg.tiling.resolution)
     _say_resolution(read_grid, card, cfg.tiling.resolution, say)
 
     partial = _open_partial(
@@ -335,7 +335,7 @@ def _say_resolution(read_grid: ReadGrid, card: Any, resolution: str | float, say
     gsd, span = read_grid.scene_gsd, card.gsd_range
     if gsd is None or not span or span[0] <= gsd <= span[1]:
         return
-    from geoseg.regrid import auto_gsd
+    from geoseg.io.grid import auto_gsd
 
     nearest = auto_gsd(gsd, span)
     why = read_grid.note or (
@@ -367,11 +367,12 @@ def _open_partial(
     The journal's fingerprint holds everything that changes output pixels, so that a resumed run
     is refused unless it would write exactly what the interrupted one would have.
     """
-    from geoseg.inference import autocast_dtype, resolve_device
-    from geoseg.journal import PartialRun, model_fingerprint, scene_fingerprint
-    from geoseg.memory import check_memory
-    from geoseg.tiling import make_grid
-    from geoseg.write import suggested_block
+    from geoseg.engine.inference import autocast_dtype
+    from geoseg.engine.journal import PartialRun, model_fingerprint, scene_fingerprint
+    from geoseg.engine.memory import check_memory
+    from geoseg.engine.tiling import make_grid
+    from geoseg.io.write import suggested_block
+    from geoseg.model.device import resolve_device
 
     card = seg_model.card
     inf = cfg.inference
@@ -480,10 +481,11 @@ def _run(
 ) -> SegmentResult:
     from rasterio.enums import Resampling
 
-    from geoseg.regrid import ReadGrid, first_grid_row
-    from geoseg.stitch import NODATA_CLASS, NODATA_CONFIDENCE, NODATA_PROBABILITY
-    from geoseg.tiling import make_grid
-    from geoseg.write import RasterWriter, class_tags, suggested_block, write_preview
+    from geoseg.engine.regrid import first_grid_row
+    from geoseg.engine.stitch import NODATA_CLASS, NODATA_CONFIDENCE, NODATA_PROBABILITY
+    from geoseg.engine.tiling import make_grid
+    from geoseg.io.grid import ReadGrid
+    from geoseg.io.write import RasterWriter, class_tags, suggested_block, write_preview
 
     card = seg_model.card
     timings: dict[str, float] = {}
@@ -547,7 +549,7 @@ def _run(
             partial.checkpoint(writers.values(), final=True)
         paths = {name: w.close() for name, w in writers.items()}
         timings["cog"] = time.perf_counter() - t0
-        from geoseg.qgis import write_raster_style  # QGIS opens classes.tif with classes.qml
+        from geoseg.vector.qgis import write_raster_style  # QGIS opens classes.tif with classes.qml
 
         write_raster_style(paths["classes"], card.classes)
     except KeyboardInterrupt:
@@ -681,9 +683,9 @@ def run_tile_rows(
     thread. When ``rows`` starts below the first tile row, the tile row above it is inferred as
     a halo so that the bands are identical to those of a whole-scene run.
     """
-    from geoseg.inference import Normaliser, prefetch, read_batches
-    from geoseg.read import TileReader
-    from geoseg.stitch import Stitcher
+    from geoseg.engine.inference import Normaliser, prefetch, read_batches
+    from geoseg.engine.stitch import Stitcher
+    from geoseg.io.read import TileReader
 
     grid = job.grid
     rows = rows if rows is not None else range(len(grid.rows.starts))
@@ -747,7 +749,7 @@ def local_engine(
     job: TileJob, model: SegmentationModel, on_band: BandSink, on_tiles: Progress, say: Log
 ) -> EngineStats:
     """Run every tile row of ``job`` in this process (the default engine)."""
-    from geoseg.inference import Predictor
+    from geoseg.engine.inference import Predictor
 
     inf = job.inference
     predictor = Predictor(model, inf.device, inf.precision, tta=inf.tta)
@@ -782,7 +784,8 @@ def _scene_sink(
     if job.read_grid is None:
         yield write
         return
-    from geoseg.regrid import Regridder, scene_validity
+    from geoseg.engine.regrid import Regridder
+    from geoseg.io.grid import scene_validity
 
     grid = job.read_grid
     with scene_validity(scene, job.bands, grid.scene_width) as validity:
@@ -809,7 +812,7 @@ def _vectorize(
 ) -> Path | None:
     if not cfg.output.vectorize:
         return None
-    from geoseg.vectorize import vectorize
+    from geoseg.vector.vectorize import vectorize
 
     t0 = time.perf_counter()
     out = tmp_dir / "classes.gpkg"

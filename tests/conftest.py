@@ -239,7 +239,7 @@ def whole_image_reference(model: Any, path: Path, bands: list[int] | None = None
     """Reference: run the model once on the whole scene (no tiling)."""
     import torch
 
-    from geoseg.inference import Normaliser
+    from geoseg.engine.inference import Normaliser
 
     with rasterio.open(path) as ds:
         idx = bands or list(range(1, ds.count + 1))
@@ -270,7 +270,7 @@ def recorded_margins(height: int, width: int) -> Iterator[np.ndarray]:
     :class:`ClassReference` needs, which the uint8 outputs have lost. Wraps the stitcher's private
     ``_finish`` (accumulated sums, weight and valid count of finished rows of the current band).
     """
-    from geoseg.stitch import Stitcher
+    from geoseg.engine.stitch import Stitcher
 
     margin = np.full((height, width), np.nan, np.float32)
     finish = Stitcher._finish

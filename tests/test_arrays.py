@@ -22,11 +22,11 @@ from hypothesis import strategies as st
 from rasterio.transform import from_origin
 
 import geoseg
-from geoseg.chunked import ModelSource, stitch_chunk, sub_grid
+from geoseg.engine.chunked import ModelSource, stitch_chunk, sub_grid
+from geoseg.engine.inference import Predictor
+from geoseg.engine.tiling import make_grid
 from geoseg.errors import BandMismatchError, InputError
-from geoseg.inference import Predictor
 from geoseg.model import default_model_path
-from geoseg.tiling import make_grid
 from geoseg.types import PixelWindow
 from tests.conftest import torch_threads
 
@@ -158,7 +158,7 @@ def test_accessor(model, crop, reference):
 
 
 def test_to_raster_round_trip(model, crop, reference, tmp_path):
-    from geoseg.vectorize import read_class_table
+    from geoseg.vector.vectorize import read_class_table
 
     ds = geoseg.segment_array(rioxarray.open_rasterio(crop, chunks=100), model, tile_size=TILE)
     path = tmp_path / "classes.tif"

@@ -58,7 +58,7 @@ def test_run_with_checkpoint(tiny_checkpoint, make_raster, tmp_path):
 
 def test_run_progress_prints_each_line_once(make_raster, tmp_path, monkeypatch):
     """Into a log (not a terminal) every drawing of the bar stays: none may be printed twice."""
-    from geoseg.inference import Predictor
+    from geoseg.engine.inference import Predictor
 
     predict = Predictor.predict
 

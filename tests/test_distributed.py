@@ -22,9 +22,9 @@ from geoseg.distributed import (
     segment_many,
     summary_table,
 )
+from geoseg.engine.inference import Predictor
+from geoseg.engine.tiling import make_grid
 from geoseg.errors import ConfigError
-from geoseg.inference import Predictor
-from geoseg.tiling import make_grid
 from tests.conftest import DATA, ClassReference, assert_classes_agree, recorded_margins
 
 distributed = pytest.importorskip("distributed")
@@ -174,9 +174,9 @@ def test_row_blocks_with_halo_equal_the_whole_scene(model, crop, tile, overlap, 
 
 def test_block_without_halo_predictions_would_differ(model, crop):
     """Control for the test above: without the halo row's predictions a block's top differs."""
-    from geoseg.inference import Normaliser
-    from geoseg.read import TileReader
-    from geoseg.stitch import Stitcher
+    from geoseg.engine.inference import Normaliser
+    from geoseg.engine.stitch import Stitcher
+    from geoseg.io.read import TileReader
 
     job = job_for(crop, model, 96, 32)
     predictor = Predictor(model, "cpu")

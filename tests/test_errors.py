@@ -19,10 +19,10 @@ from click.testing import CliRunner
 from rasterio.transform import Affine, from_origin
 
 from geoseg.cli import main
+from geoseg.engine.journal import partial_dir
+from geoseg.engine.memory import check_memory, estimate_memory, format_bytes
 from geoseg.errors import InsufficientMemoryError
-from geoseg.journal import partial_dir
-from geoseg.memory import check_memory, estimate_memory, format_bytes
-from geoseg.write import RasterWriter
+from geoseg.io.write import RasterWriter
 from tests.conftest import small_smp_checkpoint, smooth_field, write_raster
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

@@ -19,9 +19,9 @@ from hypothesis import strategies as st
 from rasterio.transform import Affine, from_origin
 
 import geoseg
+from geoseg.engine.journal import partial_dir
 from geoseg.errors import GeosegError, GeosegWarning
-from geoseg.journal import partial_dir
-from geoseg.read import SUPPORTED_DTYPES
+from geoseg.io.read import SUPPORTED_DTYPES
 from tests.conftest import conv_model, torch_threads, write_raster
 
 DTYPES = [*SUPPORTED_DTYPES, "int8", "complex64"]

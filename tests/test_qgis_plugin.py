@@ -35,7 +35,7 @@ from geoseg.qgis_install import (
     profiles_root,
 )
 from tests.conftest import write_raster
-from tests.test_qgis import SYSTEM_PYTHON, pyqgis_available
+from tests.vector.test_qgis import SYSTEM_PYTHON, pyqgis_available
 
 ROOT = Path(__file__).resolve().parents[1]
 DRIVER = Path(__file__).with_name("qgis_plugin_driver.py")

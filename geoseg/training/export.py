@@ -1,0 +1,219 @@
+"""A trained run's model card and its export as a geoseg checkpoint, scored on held-out images.
+
+:func:`build_card` writes down what the run is (network, bands, normalisation, legend, sources,
+pixel sizes, label sets); :func:`export_checkpoint` turns the best Lightning checkpoint into the
+FP16 geoseg checkpoint that ``geoseg run --model`` reads, with the metrics of exactly those
+weights on whole held-out images, per region and on the coarse classes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from geoseg.errors import ConfigError
+from geoseg.model import ModelCard, SegmentationModel, canonical_arch, create_module
+from geoseg.training import data as train_data
+from geoseg.training import metrics as seg_metrics
+from geoseg.training.config import DataConfig, TrainConfig
+from geoseg.training.label_sets import LabelSets, merge_confusion
+
+log = logging.getLogger("geoseg.training.train")
+
+
+def build_card(
+    cfg: TrainConfig,
+    sample: npt.NDArray[Any],
+    mean: Sequence[float],
+    std: Sequence[float],
+    freq: npt.NDArray[np.float64],
+    offsets: Sequence[float] | None = None,
+    *,
+    init: SegmentationModel | None = None,
+) -> ModelCard:
+    """The card of a run: what inference needs, and how the weights were made."""
+    n = sample.shape[0]
+    names = cfg.band_names or tuple(f"band_{i + 1}" for i in range(n))
+    if len(names) != n:
+        raise ConfigError(f"data.band_names lists {len(names)} bands but the images have {n}")
+    module = create_module(
+        cfg.model.arch, cfg.model.encoder, n, len(cfg.classes), **dict(cfg.model.arch_kwargs)
+    )
+    stride = int(getattr(getattr(module, "encoder", None), "output_stride", 32))
+    if cfg.model.tile_size % stride:
+        raise ConfigError(f"model.tile_size {cfg.model.tile_size} must be a multiple of {stride}")
+    tc = cfg.training
+    return ModelCard(
+        arch=canonical_arch(cfg.model.arch),
+        encoder=cfg.model.encoder,
+        bands=tuple(names),
+        mean=tuple(mean),
+        std=tuple(std),
+        classes=cfg.classes,
+        name=cfg.name,
+        dtype=str(sample.dtype),
+        tile_size=cfg.model.tile_size,
+        output_stride=stride,
+        ignore_index=cfg.ignore_index,
+        arch_kwargs={
+            k: list(v) if isinstance(v, tuple) else v for k, v in cfg.model.arch_kwargs.items()
+        },
+        training={
+            "config": cfg.name,
+            "crop": tc.crop,
+            "sampling": tc.sampling,
+            "scale": list(tc.scale) if tc.scale else None,
+            "color_jitter": tc.color_jitter,
+            "batch_size": tc.batch_size,
+            "loss": tc.loss,
+            "lr": tc.lr,
+            "scheduler": tc.scheduler,
+            "val_groups": list(cfg.val_groups),
+            "encoder_weights": cfg.model.encoder_weights,
+            "sources": {s.name or "data": _source_summary(s) for s in cfg.sources},
+            "label_sets": [[cfg.classes.names[m] for m in ms] for ms in cfg.label_sets.sets]
+            or None,
+            "coarse": {k: list(v) for k, v in cfg.coarse.items()} or None,
+            "class_shares": [round(float(f), 4) for f in freq],
+            "logit_offsets": _r(offsets) if offsets is not None else None,
+            "init": f"{init.card.name} ({cfg.model.init})" if init is not None else None,
+        },
+        gsd_range=gsd_range(cfg),
+        data_source=cfg.card.get("data_source", ""),
+        licence=cfg.card.get("licence", ""),
+        description=cfg.card.get("description", ""),
+    )
+
+
+def gsd_range(cfg: TrainConfig) -> tuple[float, float] | None:
+    """Ground sample distances (metres) the model saw: the sources' GSDs over the zoom range.
+
+    A crop zoomed by ``z`` shows a source of GSD ``g`` at ``g / z``. ``None`` unless every
+    source states its ``gsd``.
+    """
+    gsds = [s.gsd for s in cfg.sources]
+    if not gsds or any(g is None for g in gsds):
+        return None
+    low, high = cfg.training.scale or (1.0, 1.0)
+    finest = min(g for g in gsds if g is not None) / high
+    coarsest = max(g for g in gsds if g is not None) / low
+    return (round(finest, 4), round(coarsest, 4))
+
+
+def _source_summary(source: DataConfig) -> str:
+    where = source.root.name if source.root is not None else f"{len(source.scenes)} scenes"
+    gsd = f", {source.gsd:g} m GSD" if source.gsd else ""
+    return f"{source.source} {where}{gsd}, held out {list(source.val_groups)}"
+
+
+def export_checkpoint(
+    lightning_ckpt: str | Path,
+    out_path: str | Path,
+    *,
+    val_items: Sequence[train_data.LabelledImage] = (),
+    training_info: Mapping[str, Any] | None = None,
+    half: bool = True,
+) -> tuple[SegmentationModel, dict[str, Any]]:
+    """Turn a Lightning checkpoint of this trainer into a geoseg checkpoint (float16 by default).
+
+    When ``val_items`` are given, the exported weights (after the float16 round trip) are scored
+    on them as whole images and the metrics go into the model card.
+    """
+    from geoseg.model import load_model, save_checkpoint
+
+    model = load_model(lightning_ckpt)
+    card = model.card
+    metrics: dict[str, Any] = {}
+    if val_items:
+        if half:
+            # Score what is shipped: weights rounded through float16, as load_model will see them.
+            state = {
+                k: v.half().float() if v.is_floating_point() else v
+                for k, v in model.module.state_dict().items()
+            }
+            model.module.load_state_dict(state)
+        metrics = held_out_metrics(model, val_items)
+        log.info("exported model on held-out images: %s", json.dumps(metrics))
+    training = dict(card.training)
+    training.update(training_info or {})
+    card = dataclasses.replace(card, metrics=metrics or dict(card.metrics), training=training)
+    model = SegmentationModel(model.module, card)
+    save_checkpoint(model, out_path, half=half)
+    return model, metrics
+
+
+def held_out_metrics(
+    model: SegmentationModel, items: Sequence[train_data.LabelledImage]
+) -> dict[str, Any]:
+    """The model card's metrics: whole held-out images, per region and pooled, legend and coarse."""
+    card = model.card
+    names = card.classes.names
+    coarse = dict(card.training.get("coarse") or {})
+    by_region: dict[str, list[train_data.LabelledImage]] = {}
+    for item in items:
+        by_region.setdefault(train_data.region_of(item.group), []).append(item)
+
+    def scores(cm: npt.NDArray[np.int64]) -> dict[str, Any]:
+        summary = seg_metrics.summarize(cm, names)
+        out = {
+            "miou": summary["miou"],
+            "pixel_accuracy": summary["pixel_accuracy"],
+            "mean_dice": summary["mean_dice"],
+            "iou": {n: v["iou"] for n, v in summary["per_class"].items()},
+        }
+        if coarse:
+            merged, merged_names = merge_confusion(cm, names, coarse)
+            c = seg_metrics.summarize(merged, merged_names)
+            out["coarse"] = {"miou": c["miou"], "pixel_accuracy": c["pixel_accuracy"]}
+        return out
+
+    per_region = {r: score_whole_images(model, group) for r, group in sorted(by_region.items())}
+    metrics: dict[str, Any] = {
+        "split": "whole held-out groups " + ", ".join(sorted({i.group for i in items})),
+        **scores(sum(per_region.values(), np.zeros((len(names),) * 2, np.int64))),
+    }
+    if len(per_region) > 1:
+        metrics["regions"] = {r: scores(cm) for r, cm in per_region.items()}
+    return metrics
+
+
+def card_label_sets(card: ModelCard) -> LabelSets:
+    """The set-valued labels a card's training used (``training.label_sets``, by class name)."""
+    names = card.classes.names
+    listed = card.training.get("label_sets") or []
+    return LabelSets(len(names), tuple(tuple(names.index(n) for n in ms) for ms in listed))
+
+
+def score_whole_images(
+    model: SegmentationModel, items: Sequence[train_data.LabelledImage]
+) -> npt.NDArray[np.int64]:
+    """Confusion matrix of ``model`` on whole images (each padded to the output stride).
+
+    Set-valued labels count as right where the prediction is one of their classes.
+    """
+    import torch
+
+    card = model.card
+    k = card.num_classes
+    sets = card_label_sets(card)
+    dataset = train_data.WholeImageDataset(items, card.mean, card.std, stride=card.output_stride)
+    cm = np.zeros((k, k), dtype=np.int64)
+    module = model.module.eval()
+    with torch.inference_mode():
+        for i in range(len(dataset)):
+            sample = dataset[i]
+            pred = module(sample["image"][None]).argmax(dim=1)[0].numpy().astype(np.uint8)
+            truth = sets.resolve(sample["mask"].numpy().astype(np.uint8), pred)
+            cm += seg_metrics.confusion_matrix(truth, pred, k)
+    return cm
+
+
+def _r(values: Sequence[float]) -> list[float]:
+    return [round(float(v), 4) for v in values]
