@@ -123,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
     import onnxruntime
 
     from geoseg.model import load_model
-    from geoseg.model.onnx import export_onnx
+    from geoseg.model.onnx_export import export_onnx
 
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -87,7 +87,7 @@ def pipeline_run(
 ) -> dict[str, float]:
     """One ``segment`` call; its timings."""
     import geoseg
-    from geoseg.pipeline import local_engine
+    from geoseg.engine.loop import local_engine
 
     cpu = [0.0]
 

@@ -38,7 +38,7 @@ _LAZY = {
     "load_model": "geoseg.model",
     "ModelCard": "geoseg.model",
     "SegmentationModel": "geoseg.model",
-    "export_onnx": "geoseg.model.onnx",
+    "export_onnx": "geoseg.model.onnx_export",
     "ClassTable": "geoseg.types",
     "RunConfig": "geoseg.config",
     "load_config": "geoseg.config",
@@ -49,7 +49,7 @@ if TYPE_CHECKING:
     from geoseg.config import RunConfig, load_config
     from geoseg.distributed import segment_distributed, segment_many
     from geoseg.model import ModelCard, SegmentationModel, load_model
-    from geoseg.model.onnx import export_onnx
+    from geoseg.model.onnx_export import export_onnx
     from geoseg.pipeline import SegmentResult, segment
     from geoseg.types import ClassTable
 

@@ -1,7 +1,7 @@
 """The dask.distributed backend: one scene split across workers, or many scenes across workers.
 
 One scene (:func:`segment_distributed`): the tile grid is cut into blocks of whole tile rows.
-Each block is a dask task that runs :func:`geoseg.pipeline.run_tile_rows` -- the same read ->
+Each block is a dask task that runs :func:`geoseg.engine.loop.run_tile_rows` -- the same read ->
 infer -> stitch loop as the local engine -- over its rows plus one halo tile row above them, which
 is exactly what the stitcher needs to rebuild the blended band carried into the block. The task
 returns the block's finished row bands (uint8 classes, confidence, probabilities); the client
@@ -37,17 +37,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from geoseg.engine.loop import BandSink, EngineStats, Log, Progress, TileJob
 from geoseg.engine.workers import GeosegWorkerPlugin, worker_plugin
 from geoseg.errors import ConfigError, GeosegError
-from geoseg.pipeline import (
-    BandSink,
-    EngineStats,
-    Log,
-    Progress,
-    SegmentResult,
-    TileJob,
-    segment,
-)
+from geoseg.pipeline import SegmentResult, segment
 
 if TYPE_CHECKING:
     from distributed import Client
@@ -63,11 +56,11 @@ def infer_block(
     job: TileJob, rows: range, model_key: str, model: SegmentationModel
 ) -> tuple[list[Band], EngineStats]:
     """Worker task: the finished bands of tile rows ``rows`` (one halo tile row is added above)."""
-    from geoseg import pipeline
+    from geoseg.engine import loop  # looked up at call time, so that tests can replace it
 
     predictor = worker_plugin().predictor(model_key, model, job.inference)
     bands: list[Band] = []
-    stats = pipeline.run_tile_rows(job, predictor, bands.append, rows=rows)
+    stats = loop.run_tile_rows(job, predictor, bands.append, rows=rows)
     return bands, stats
 
 
@@ -89,7 +82,7 @@ def rows_per_block(job: TileJob, n_workers: int, max_bytes: int = DEFAULT_BLOCK_
 
 @dataclass
 class DaskEngine:
-    """A :data:`geoseg.pipeline.Engine` running blocks of tile rows as dask tasks.
+    """A :data:`geoseg.engine.loop.Engine` running blocks of tile rows as dask tasks.
 
     Args:
         client: a connected :class:`distributed.Client`.

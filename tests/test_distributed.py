@@ -11,7 +11,6 @@ import rasterio
 from click.testing import CliRunner
 
 import geoseg
-from geoseg import pipeline
 from geoseg.cli import main
 from geoseg.config import InferenceConfig
 from geoseg.distributed import (
@@ -22,6 +21,7 @@ from geoseg.distributed import (
     segment_many,
     summary_table,
 )
+from geoseg.engine import loop
 from geoseg.engine.inference import Predictor
 from geoseg.engine.tiling import make_grid
 from geoseg.errors import ConfigError
@@ -131,7 +131,7 @@ def crop(tmp_path_factory):
 def job_for(scene: Path, model, tile: int, overlap: int, probabilities: bool = True):
     with rasterio.open(scene) as ds:
         grid = make_grid(ds.height, ds.width, tile, overlap, multiple=model.card.output_stride)
-    return pipeline.TileJob(
+    return loop.TileJob(
         str(scene), (1, 2, 3), grid, model.card, InferenceConfig(batch_size=3), probabilities
     )
 
@@ -150,13 +150,13 @@ def test_row_blocks_with_halo_equal_the_whole_scene(model, crop, tile, overlap, 
     job = job_for(crop, model, tile, overlap)
     predictor = Predictor(model, "cpu")
     whole: list = []
-    pipeline.run_tile_rows(job, predictor, whole.append)
+    loop.run_tile_rows(job, predictor, whole.append)
     nrows = len(job.grid.rows.starts)
     bounds = [0, *splits, nrows]
     parts: list = []
     for a, b in zip(bounds, bounds[1:], strict=False):
         block: list = []
-        stats = pipeline.run_tile_rows(job, predictor, block.append, rows=range(a, b))
+        stats = loop.run_tile_rows(job, predictor, block.append, rows=range(a, b))
         assert [band.row_off for band in block] == [band.row_off for band in whole[a:b]]
         # the block's rows and its halo row, plus what completes the first and last batches
         needed = (b - max(a - 1, 0)) * len(job.grid.cols.starts)
@@ -181,7 +181,7 @@ def test_block_without_halo_predictions_would_differ(model, crop):
     job = job_for(crop, model, 96, 32)
     predictor = Predictor(model, "cpu")
     whole: list = []
-    pipeline.run_tile_rows(job, predictor, whole.append)
+    loop.run_tile_rows(job, predictor, whole.append)
     stitcher = Stitcher(job.grid, model.card.num_classes, probabilities=True, first_row=3)
     normalise = Normaliser(model.card.mean, model.card.std)
     bands: list = []
@@ -236,7 +236,7 @@ def test_distributed_landsat_scene_with_nodata(client, model, tmp_path):
 def test_failed_block_is_retried_by_dask(client, model, local_sample, tmp_path, monkeypatch):
     calls: dict[int, int] = {}
     lock = threading.Lock()
-    real = pipeline.run_tile_rows
+    real = loop.run_tile_rows
 
     def flaky(job, predictor, on_band, *, rows=None, on_tiles=None):
         with lock:
@@ -246,7 +246,7 @@ def test_failed_block_is_retried_by_dask(client, model, local_sample, tmp_path, 
             raise OSError("worker lost its scratch disk (injected)")
         return real(job, predictor, on_band, rows=rows, on_tiles=on_tiles)
 
-    monkeypatch.setattr(pipeline, "run_tile_rows", flaky)
+    monkeypatch.setattr(loop, "run_tile_rows", flaky)
     result = segment_distributed(
         SAMPLE, tmp_path / "dist", client=client, rows=2, retries=1, model=model, tile_size=128,
         overlap=32, probabilities=True, vectorize=False, preview=False,
@@ -259,7 +259,7 @@ def test_failed_block_without_retries_fails_cleanly(client, model, tmp_path, mon
     def broken(job, predictor, on_band, *, rows=None, on_tiles=None):
         raise OSError("injected failure")
 
-    monkeypatch.setattr(pipeline, "run_tile_rows", broken)
+    monkeypatch.setattr(loop, "run_tile_rows", broken)
     with pytest.raises(OSError, match="injected failure"):
         segment_distributed(
             SAMPLE, tmp_path / "dist", client=client, rows=2, retries=0, model=model,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
@@ -80,7 +81,9 @@ def test_mkdocs_builds_strict(tmp_path: Path) -> None:
         text=True,
         cwd=ROOT,
         timeout=120,
+        env={**os.environ, "NO_MKDOCS_2_WARNING": "1"},  # Material's notice about MkDocs 2.0
     )
     assert done.returncode == 0, done.stdout + done.stderr
     assert (site / "index.html").is_file()
+    assert "material" in (site / "index.html").read_text(encoding="utf-8")  # the Material theme
     assert (site / "images" / "qgis_result.png").is_file()

@@ -1,4 +1,4 @@
-"""The package's shape: sub-packages along the data flow, one-way imports, small modules and functions.
+"""The package's shape: sub-packages along the data flow, one-way imports, short modules.
 
 A scene flows read -> tile -> infer -> stitch -> write -> vectorize, and the package is cut along
 that flow (docs/development.md, "Layout"). These tests read the source with :mod:`ast`, so every
@@ -55,7 +55,7 @@ def _layer(module: str) -> int:
 
 
 def _imports(path: Path) -> set[str]:
-    """The geoseg modules that ``path`` imports (``from geoseg.x import y`` counts y if a module)."""
+    """The geoseg modules ``path`` imports (``from geoseg.x import y`` counts y if a module)."""
     found: set[str] = set()
     for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
         if isinstance(node, ast.Import):

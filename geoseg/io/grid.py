@@ -197,10 +197,10 @@ def scene_validity(
     import rasterio
     from rasterio.windows import Window
 
-    from geoseg.io.read import _gdal_path, alpha_data_band, read_validity
+    from geoseg.io.read import _gdal_path, nodata_only_validity, read_validity
 
     with rasterio.open(_gdal_path(path)) as ds:
-        alpha_is_data = alpha_data_band(ds) is not None
+        alpha_is_data = nodata_only_validity(ds)
 
         is_float = np.dtype(ds.dtypes[0]).kind == "f"
 

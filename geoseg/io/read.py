@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import rasterio
-from rasterio.enums import ColorInterp
+from rasterio.enums import ColorInterp, MaskFlags
 from rasterio.errors import RasterioIOError
 
 from geoseg.errors import (
@@ -258,7 +258,8 @@ def alpha_data_band(dataset: Any) -> int | None:
     The rule: an alpha band of which less than 99 % of a full-resolution sample (a window at the
     scene's centre, so no overview blurs a real mask's edges) is 0 or the dtype's maximum holds
     data; it is then neither a mask nor dropped, just a band like the others (selected by
-    ``--bands`` or by name), and validity comes from the nodata value alone.
+    ``--bands`` or by name), and validity comes from the file's own mask if it has one, else
+    from the nodata value alone (:func:`nodata_only_validity`).
     """
     alphas = [i + 1 for i, ci in enumerate(dataset.colorinterp) if ci == ColorInterp.alpha]
     if not alphas:
@@ -273,6 +274,27 @@ def alpha_data_band(dataset: Any) -> int | None:
     return None if mask_like >= ALPHA_MASK_SHARE else band
 
 
+def has_own_mask(dataset: Any) -> bool:
+    """Whether the file carries its own validity mask (internal or ``.msk``), not an alpha band.
+
+    GDAL reads such a mask in place of an alpha band, so it stays the scene's validity even when
+    the alpha-tagged band holds data.
+    """
+    return any(
+        MaskFlags.per_dataset in flags and MaskFlags.alpha not in flags
+        for flags in dataset.mask_flag_enums
+    )
+
+
+def nodata_only_validity(dataset: Any) -> bool:
+    """Whether validity comes from the nodata value alone rather than from GDAL's masks.
+
+    So it does when a band tagged alpha holds data (:func:`alpha_data_band`), since GDAL's mask
+    would then be that band, unless the file has its own mask (:func:`has_own_mask`).
+    """
+    return alpha_data_band(dataset) is not None and not has_own_mask(dataset)
+
+
 def warn_alpha_data(dataset: Any, band: int) -> None:
     """Say once per scene that an alpha-tagged band is read as data."""
     warnings.warn(
@@ -280,7 +302,7 @@ def warn_alpha_data(dataset: Any, band: int) -> None:
         "the maximum, e.g. near-infrared), so it is read as a band, not as a validity mask; "
         f"retag it with gdal_edit.py -colorinterp_{band} undefined to silence this",
         AlphaBandWarning,
-        stacklevel=3,
+        stacklevel=4,  # the caller of segment(): read.warn_alpha_data <- plan.open_scene <- segment
     )
 
 
@@ -294,7 +316,7 @@ def read_validity(
 ) -> np.ndarray:
     """``(H, W)`` bool: where every band in ``bands`` is valid (GDAL's masks, or nodata alone).
 
-    ``alpha_is_data`` (see :func:`alpha_data_band`) leaves the alpha band out of it. With
+    ``alpha_is_data`` (see :func:`nodata_only_validity`) leaves the alpha band out of it. With
     ``out_shape`` the read is decimated (nearest neighbour), as for a preview.
     """
     n = len(bands)
@@ -335,7 +357,7 @@ class TileReader:
         with rasterio.open(self.path) as ds:
             self.height, self.width = ds.height, ds.width
             self.is_float = np.dtype(ds.dtypes[0]).kind == "f"
-            self.alpha_is_data = alpha_data_band(ds) is not None
+            self.alpha_is_data = nodata_only_validity(ds)
             self.nodata = ds.nodata
         if self.grid is not None:  # windows are in the grid's pixels, read resampled
             self.height, self.width = self.grid.height, self.grid.width

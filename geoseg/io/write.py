@@ -286,11 +286,11 @@ def read_stretched_rgb(
 ) -> tuple[np.ndarray, np.ndarray]:
     """A display image (H, W, 3) uint8 with a 2-98 % stretch, and its validity (H, W), decimated."""
     show = list(bands[:3]) if len(bands) >= 3 else [bands[0]] * 3
-    from geoseg.io.read import alpha_data_band, read_validity
+    from geoseg.io.read import nodata_only_validity, read_validity
 
     with rasterio.open(path) as ds:
         data = ds.read(show, out_shape=(3, *out_shape), resampling=Resampling.nearest)
-        alpha_is_data = alpha_data_band(ds) is not None
+        alpha_is_data = nodata_only_validity(ds)
         valid = read_validity(ds, show, alpha_is_data, out_shape=out_shape)
     valid &= np.all(np.isfinite(data), axis=0)
     rgb = np.zeros((*out_shape, 3), dtype=np.uint8)

@@ -3,7 +3,8 @@
 - :mod:`~geoseg.model.card`: :class:`ModelCard`, the metadata a checkpoint carries.
 - :mod:`~geoseg.model.build`: networks by architecture name; :class:`SegmentationModel`.
 - :mod:`~geoseg.model.checkpoint`: saving and loading checkpoints, the shipped default model.
-- :mod:`~geoseg.model.nets`: torch-only re-implementations of the smp networks (fast start-up).
+- :mod:`~geoseg.model.nets`: torch-only re-implementation of smp's U-Net (fast start-up), on
+  :mod:`~geoseg.model.efficientnet_lite`, timm's EfficientNet-Lite encoder in plain torch.
 - :mod:`~geoseg.model.device`: the torch device a run asks for.
 - :mod:`~geoseg.model.onnx`, :mod:`~geoseg.model.onnx_export`, :mod:`~geoseg.model.onnx_module`:
   ONNX graphs: running them (onnxruntime), exporting them (Deepness metadata).

@@ -3,7 +3,9 @@
 ``evaluate(model, images, labels)`` runs :func:`geoseg.segment` on each image (so tiling,
 overlap blending, normalisation and band selection are exactly what users get), reads back
 ``classes.tif`` and compares it with the labels: an integer label raster, a colour-coded mask, or
-vector polygons rasterized onto the image grid. Metrics come from :mod:`geoseg.training.metrics`.
+vector polygons rasterized onto the image grid. Metrics come from :mod:`geoseg.training.metrics`;
+the result and its tables are in :mod:`geoseg.training.scores`, the plots in
+:mod:`geoseg.training.plots`.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import tempfile
 import time
 import warnings
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -30,16 +32,19 @@ from geoseg.errors import (
 )
 from geoseg.model import SegmentationModel, load_model
 from geoseg.training import metrics as seg_metrics
-from geoseg.training.data import (
-    IGNORE_INDEX,
+from geoseg.training.data import folder_pairs
+from geoseg.training.label_encoding import (
     LabelEncoding,
     encode_labels,
     encoding_from_classes,
     encoding_from_labels,
-    folder_pairs,
     rasterize_vector_labels,
 )
-from geoseg.training.label_sets import LabelSets, merge_confusion, merged_classes
+from geoseg.training.label_sets import IGNORE_INDEX, LabelSets, merged_classes
+from geoseg.training.plots import plot_comparison, plot_confusion
+from geoseg.training.scores import EvaluationResult as EvaluationResult
+from geoseg.training.scores import ImageScore as ImageScore
+from geoseg.training.scores import format_metric
 from geoseg.types import ClassTable
 
 if TYPE_CHECKING:
@@ -48,111 +53,6 @@ if TYPE_CHECKING:
 VECTOR_SUFFIXES = (".gpkg", ".geojson", ".json", ".shp", ".fgb")
 
 Log = Callable[[str], None]
-
-
-@dataclass(frozen=True)
-class ImageScore:
-    """One image's confusion matrix and run time."""
-
-    image: str
-    labels: str
-    confusion: npt.NDArray[np.int64]
-    megapixels: float
-    seconds: float
-    unpredicted: int = 0
-
-
-@dataclass(frozen=True)
-class EvaluationResult:
-    """Metrics over all evaluated images (pixels pooled), with per-image scores."""
-
-    classes: ClassTable
-    confusion: npt.NDArray[np.int64]
-    images: tuple[ImageScore, ...]
-    model_name: str
-    plots: tuple[Path, ...] = field(default_factory=tuple)
-    # Coarser classes also scored: {coarse name: [legend classes]} (e.g. tree + low vegetation).
-    merge: Mapping[str, Sequence[str]] = field(default_factory=dict)
-
-    @property
-    def summary(self) -> dict[str, Any]:
-        """:func:`geoseg.training.metrics.summarize` of the pooled confusion matrix."""
-        return seg_metrics.summarize(self.confusion, self.classes.names)
-
-    @property
-    def coarse_summary(self) -> dict[str, Any] | None:
-        """The same metrics on the merged classes (``None`` without ``merge``)."""
-        if not self.merge:
-            return None
-        cm, names = merge_confusion(self.confusion, self.classes.names, self.merge)
-        return seg_metrics.summarize(cm, names)
-
-    @property
-    def megapixels_per_second(self) -> float:
-        """Throughput of the whole pipeline over all images."""
-        seconds = sum(s.seconds for s in self.images)
-        return sum(s.megapixels for s in self.images) / seconds if seconds else float("nan")
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain data for JSON."""
-        per_image = []
-        for score in self.images:
-            s = seg_metrics.summarize(score.confusion, self.classes.names)
-            per_image.append(
-                {
-                    "image": score.image,
-                    "labels": score.labels,
-                    "miou": s["miou"],
-                    "pixel_accuracy": s["pixel_accuracy"],
-                    "unpredicted_pixels": score.unpredicted,
-                    "megapixels": round(score.megapixels, 4),
-                    "seconds": round(score.seconds, 3),
-                }
-            )
-        coarse = self.coarse_summary
-        return {
-            "model": self.model_name,
-            "classes": self.classes.names,
-            **self.summary,
-            "coarse": {"merge": {k: list(v) for k, v in self.merge.items()}, **coarse}
-            if coarse
-            else None,
-            "megapixels_per_second": round(self.megapixels_per_second, 4),
-            "images": per_image,
-            "plots": [str(p) for p in self.plots],
-        }
-
-    def table(self) -> str:
-        """A text table of per-class and overall metrics (and of the merged classes)."""
-        lines = _summary_table(self.summary)
-        coarse = self.coarse_summary
-        if coarse is not None:
-            merged = "; ".join(f"{k} = {' + '.join(v)}" for k, v in self.merge.items())
-            lines += ["", f"coarse classes ({merged}):", *_summary_table(coarse)]
-        lines.append(
-            f"images {len(self.images)}, {sum(i.megapixels for i in self.images):.2f} Mpx, "
-            f"{self.megapixels_per_second:.2f} Mpx/s through the pipeline"
-        )
-        return "\n".join(lines)
-
-
-def _summary_table(s: Mapping[str, Any]) -> list[str]:
-    lines = [f"{'class':<16}{'IoU':>8}{'Dice':>8}{'recall':>8}{'pixels':>12}"]
-    for name, v in s["per_class"].items():
-        lines.append(
-            f"{name:<16}{_cell(v['iou'])}{_cell(v['dice'])}{_cell(v['accuracy'])}{v['pixels']:>12d}"
-        )
-    lines += [
-        f"mean IoU             {_cell(s['miou']).strip()}",
-        f"mean Dice            {_cell(s['mean_dice']).strip()}",
-        f"pixel accuracy       {_cell(s['pixel_accuracy']).strip()}",
-        f"mean class accuracy  {_cell(s['mean_class_accuracy']).strip()}",
-    ]
-    return lines
-
-
-def _cell(value: float | None) -> str:
-    return f"{'-':>8}" if value is None else f"{value:>8.4f}"
 
 
 def label_encoding_for(
@@ -317,26 +217,81 @@ def evaluate(
         plot_dir: Save ``confusion_matrix.png`` and one ``<image>_comparison.png`` per image here.
         log: Where status lines go.
     """
-    from rasterio.errors import NotGeoreferencedWarning
-
-    from geoseg.pipeline import segment
-
     if len(images) != len(labels):
         raise InputError(f"got {len(images)} images but {len(labels)} label files; pair them up")
     if not images:
         raise InputError("give at least one image and its labels to evaluate")
-    say: Log = log or (lambda _m: None)
     seg_model = model if isinstance(model, SegmentationModel) else load_model(model)
     card = seg_model.card
-    k = card.num_classes
     encoding, sets = label_encoding_for(card.classes, label_config, source=source)
+    merge = _checked_merge(merge, card.classes.names, card.training)
+    run = _Run(
+        model=seg_model,
+        encoding=encoding,
+        sets=sets,
+        class_field=class_field,
+        tile_size=tile_size,
+        overlap=overlap,
+        batch_size=batch_size,
+        device=device,
+        bands=bands,
+        tta=tta,
+    )
+    out_dir = Path(plot_dir) if plot_dir is not None else None
+    scores, plots = _score_images(run, images, labels, out_dir, log or (lambda _m: None))
+    total = np.zeros((card.num_classes, card.num_classes), dtype=np.int64)
+    for score in scores:
+        total += score.confusion  # pixels pooled over all images
+    evaluation = EvaluationResult(card.classes, total, tuple(scores), card.name, merge=merge)
+    if out_dir is not None:
+        plots.insert(0, plot_confusion(evaluation, out_dir / "confusion_matrix.png"))
+        evaluation = dataclasses.replace(evaluation, plots=tuple(plots))
+    if json_path is not None:
+        _write_metrics(evaluation, Path(json_path))
+    return evaluation
+
+
+def _checked_merge(
+    merge: Mapping[str, Sequence[str]] | None,
+    names: Sequence[str],
+    training: Mapping[str, Any],
+) -> Mapping[str, Sequence[str]]:
+    """The coarse classes to score (default: the model card's ``training.coarse``), checked."""
     if merge is None:
-        merge = dict(card.training.get("coarse") or {})
+        merge = dict(training.get("coarse") or {})
     try:
-        merged_classes(card.classes.names, merge)
+        merged_classes(names, merge)
     except ValueError as exc:
         raise InputError(f"merge: {exc}") from exc
-    total = np.zeros((k, k), dtype=np.int64)
+    return merge
+
+
+@dataclass(frozen=True)
+class _Run:
+    """What every image of one evaluation is scored with: the model, its labels, the pipeline."""
+
+    model: SegmentationModel
+    encoding: LabelEncoding
+    sets: LabelSets
+    class_field: str | None
+    tile_size: int | None
+    overlap: int | None
+    batch_size: int | None
+    device: str | None
+    bands: Sequence[int] | None
+    tta: str | None
+
+
+def _score_images(
+    run: _Run,
+    images: Sequence[str | Path],
+    labels: Sequence[str | Path],
+    plot_dir: Path | None,
+    say: Log,
+) -> tuple[list[ImageScore], list[Path]]:
+    """Each image's score, in order, and its comparison plot when ``plot_dir`` is given."""
+    from rasterio.errors import NotGeoreferencedWarning
+
     scores = []
     plots: list[Path] = []
     with tempfile.TemporaryDirectory(prefix="geoseg-eval-") as tmp, warnings.catch_warnings():
@@ -344,57 +299,72 @@ def evaluate(
         warnings.simplefilter("ignore", UngeoreferencedWarning)
         warnings.simplefilter("ignore", NotGeoreferencedWarning)
         for i, (image, label_file) in enumerate(zip(images, labels, strict=True)):
-            truth = read_labels(label_file, image, encoding, class_field=class_field)
-            t0 = time.perf_counter()
-            result = segment(
-                image,
-                Path(tmp) / f"run_{i}",
-                model=seg_model,
-                tile_size=tile_size,
-                overlap=overlap,
-                batch_size=batch_size,
-                device=device,
-                bands=bands,
-                tta=tta,
-                vectorize=False,
-                preview=False,
-                allow_ungeoreferenced=True,
-            )
-            seconds = time.perf_counter() - t0
-            predicted = _read_classes(result.classes_path)
-            truth = sets.resolve(truth, predicted)
-            cm = seg_metrics.confusion_matrix(truth, predicted, k)
-            total += cm
-            missing = seg_metrics.unpredicted(truth, predicted, k)
-            if missing:
-                say(f"{Path(image).name}: {missing} labelled pixels got no prediction (nodata)")
-            score = ImageScore(
-                str(image), str(label_file), cm, truth.size / 1e6, seconds, unpredicted=missing
+            score, plot = _score_image(
+                run, image, label_file, Path(tmp) / f"run_{i}", plot_dir, say
             )
             scores.append(score)
-            s = seg_metrics.summarize(cm, card.classes.names)
-            say(
-                f"{Path(image).name}: mIoU {_fmt(s['miou'])}, pixel accuracy "
-                f"{_fmt(s['pixel_accuracy'])} ({score.megapixels / seconds:.2f} Mpx/s)"
-            )
-            if plot_dir is not None:
-                plots.append(
-                    plot_comparison(
-                        image, truth, predicted, card.classes, Path(plot_dir), bands=result.bands
-                    )
-                )
-    evaluation = EvaluationResult(card.classes, total, tuple(scores), card.name, merge=merge)
-    if plot_dir is not None:
-        plots.insert(0, plot_confusion(evaluation, Path(plot_dir) / "confusion_matrix.png"))
-        evaluation = dataclasses.replace(evaluation, plots=tuple(plots))
-    if json_path is not None:
-        path = Path(json_path)
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(json.dumps(evaluation.to_dict(), indent=2))
-        except OSError as exc:
-            raise GeosegError(f"cannot write metrics to {path}: {exc}") from exc
-    return evaluation
+            if plot is not None:
+                plots.append(plot)
+    return scores, plots
+
+
+def _score_image(
+    run: _Run,
+    image: str | Path,
+    label_file: str | Path,
+    work_dir: Path,
+    plot_dir: Path | None,
+    say: Log,
+) -> tuple[ImageScore, Path | None]:
+    """Segment one image into ``work_dir``, compare it with its labels and log its metrics."""
+    from geoseg.pipeline import segment
+
+    classes = run.model.card.classes
+    k = run.model.card.num_classes
+    truth = read_labels(label_file, image, run.encoding, class_field=run.class_field)
+    t0 = time.perf_counter()
+    result = segment(
+        image,
+        work_dir,
+        model=run.model,
+        tile_size=run.tile_size,
+        overlap=run.overlap,
+        batch_size=run.batch_size,
+        device=run.device,
+        bands=run.bands,
+        tta=run.tta,
+        vectorize=False,
+        preview=False,
+        allow_ungeoreferenced=True,
+    )
+    seconds = time.perf_counter() - t0
+    predicted = _read_classes(result.classes_path)
+    truth = run.sets.resolve(truth, predicted)
+    cm = seg_metrics.confusion_matrix(truth, predicted, k)
+    missing = seg_metrics.unpredicted(truth, predicted, k)
+    if missing:
+        say(f"{Path(image).name}: {missing} labelled pixels got no prediction (nodata)")
+    score = ImageScore(
+        str(image), str(label_file), cm, truth.size / 1e6, seconds, unpredicted=missing
+    )
+    s = seg_metrics.summarize(cm, classes.names)
+    say(
+        f"{Path(image).name}: mIoU {format_metric(s['miou'])}, pixel accuracy "
+        f"{format_metric(s['pixel_accuracy'])} ({score.megapixels / seconds:.2f} Mpx/s)"
+    )
+    if plot_dir is None:
+        return score, None
+    plot = plot_comparison(image, truth, predicted, classes, plot_dir, bands=result.bands)
+    return score, plot
+
+
+def _write_metrics(evaluation: EvaluationResult, path: Path) -> None:
+    """Save :meth:`EvaluationResult.to_dict` as JSON, creating the folder."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(evaluation.to_dict(), indent=2))
+    except OSError as exc:
+        raise GeosegError(f"cannot write metrics to {path}: {exc}") from exc
 
 
 def _read_classes(path: Path) -> npt.NDArray[np.uint8]:
@@ -403,90 +373,3 @@ def _read_classes(path: Path) -> npt.NDArray[np.uint8]:
     with rasterio.open(path) as ds:
         data: npt.NDArray[np.uint8] = ds.read(1)
     return data
-
-
-def _fmt(value: float | None) -> str:
-    return "-" if value is None else f"{value:.4f}"
-
-
-def _colorize(label: npt.NDArray[np.uint8], classes: ClassTable) -> npt.NDArray[np.uint8]:
-    lut = np.zeros((256, 3), dtype=np.uint8)
-    for c in classes:
-        lut[c.id] = c.color
-    out: npt.NDArray[np.uint8] = lut[label]
-    return out
-
-
-def plot_comparison(
-    image: str | Path,
-    truth: npt.NDArray[np.uint8],
-    predicted: npt.NDArray[np.uint8],
-    classes: ClassTable,
-    out_dir: Path,
-    *,
-    bands: Sequence[int] = (1, 2, 3),
-) -> Path:
-    """Save image | labels | prediction side by side as ``<image stem>_comparison.png``."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from matplotlib.patches import Patch
-
-    from geoseg.io.write import read_stretched_rgb
-
-    rgb, _ = read_stretched_rgb(image, list(bands), truth.shape)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    fig, axes = plt.subplots(1, 3, figsize=(15, 5.6), constrained_layout=True)
-    panels = [
-        (rgb, "image"),
-        (_colorize(truth, classes), "labels (black: ignored)"),
-        (_colorize(predicted, classes), "prediction"),
-    ]
-    for ax, (data, title) in zip(axes, panels, strict=True):
-        ax.imshow(data, interpolation="nearest")
-        ax.set_title(title)
-        ax.set_axis_off()
-    handles = [Patch(color=c.hex, label=c.name) for c in classes]
-    fig.legend(handles=handles, loc="outside lower center", ncol=len(handles), frameon=False)
-    out = out_dir / f"{Path(image).stem}_comparison.png"
-    fig.savefig(out, dpi=100)
-    plt.close(fig)
-    return out
-
-
-def plot_confusion(evaluation: EvaluationResult, out_path: Path) -> Path:
-    """Save the row-normalised confusion matrix (recall per true class) with pixel counts."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    cm = evaluation.confusion.astype(np.float64)
-    rows = cm.sum(axis=1, keepdims=True)
-    norm = np.divide(cm, rows, out=np.zeros_like(cm), where=rows > 0)
-    names = evaluation.classes.names
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    size = 1.2 + 0.9 * len(names)
-    fig, ax = plt.subplots(figsize=(size + 1.5, size), constrained_layout=True)
-    im = ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
-    ax.set_xticks(range(len(names)), names, rotation=45, ha="right")
-    ax.set_yticks(range(len(names)), names)
-    ax.set_xlabel("predicted")
-    ax.set_ylabel("true")
-    for (r, c), value in np.ndenumerate(norm):
-        ax.text(
-            c,
-            r,
-            f"{value:.2f}",
-            ha="center",
-            va="center",
-            color="white" if value > 0.5 else "black",
-            fontsize=9,
-        )
-    miou = evaluation.summary["miou"]
-    ax.set_title(f"{evaluation.model_name}\nmIoU {_fmt(miou)}", fontsize=10)
-    fig.colorbar(im, ax=ax, fraction=0.046, label="share of true class")
-    fig.savefig(out_path, dpi=100)
-    plt.close(fig)
-    return out_path

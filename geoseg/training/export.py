@@ -17,14 +17,24 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
+import torch
 
 from geoseg.errors import ConfigError
-from geoseg.model import ModelCard, SegmentationModel, canonical_arch, create_module
+from geoseg.model import (
+    ModelCard,
+    SegmentationModel,
+    canonical_arch,
+    create_module,
+    load_model,
+    save_checkpoint,
+)
 from geoseg.training import data as train_data
 from geoseg.training import metrics as seg_metrics
 from geoseg.training.config import DataConfig, TrainConfig
+from geoseg.training.datasets import WholeImageDataset, region_of
 from geoseg.training.label_sets import LabelSets, merge_confusion
 
+# The run's logger (train.log): every training module logs under the same name.
 log = logging.getLogger("geoseg.training.train")
 
 
@@ -126,8 +136,6 @@ def export_checkpoint(
     When ``val_items`` are given, the exported weights (after the float16 round trip) are scored
     on them as whole images and the metrics go into the model card.
     """
-    from geoseg.model import load_model, save_checkpoint
-
     model = load_model(lightning_ckpt)
     card = model.card
     metrics: dict[str, Any] = {}
@@ -158,7 +166,7 @@ def held_out_metrics(
     coarse = dict(card.training.get("coarse") or {})
     by_region: dict[str, list[train_data.LabelledImage]] = {}
     for item in items:
-        by_region.setdefault(train_data.region_of(item.group), []).append(item)
+        by_region.setdefault(region_of(item.group), []).append(item)
 
     def scores(cm: npt.NDArray[np.int64]) -> dict[str, Any]:
         summary = seg_metrics.summarize(cm, names)
@@ -198,12 +206,10 @@ def score_whole_images(
 
     Set-valued labels count as right where the prediction is one of their classes.
     """
-    import torch
-
     card = model.card
     k = card.num_classes
     sets = card_label_sets(card)
-    dataset = train_data.WholeImageDataset(items, card.mean, card.std, stride=card.output_stride)
+    dataset = WholeImageDataset(items, card.mean, card.std, stride=card.output_stride)
     cm = np.zeros((k, k), dtype=np.int64)
     module = model.module.eval()
     with torch.inference_mode():

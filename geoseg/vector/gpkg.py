@@ -110,67 +110,118 @@ def write_geopackage(
     Returns:
         Feature count per layer name, the combined layer first.
     """
-    # Imported here, not at module level: block workers forked before writing starts then stay
-    # free of pyarrow/pyogrio (and the pandas/geopandas that pyogrio loads), about 100 MB each.
-    import pyarrow as pa
-
     names = layer_names(classes)
-    class_name = {info.id: info.name for info in classes}
-    counts = dict.fromkeys(names, 0)
-    class_schema = pa.schema(
-        [("area_m2", pa.float64()), ("perimeter_m", pa.float64()), (GEOMETRY_COLUMN, pa.binary())]
-    )
-    combined_schema = pa.schema(
-        [("class_id", pa.int32()), ("class_name", pa.string()), *class_schema]
-    )
-    spools = {cid: spool_dir / f"class_{cid}.arrows" for cid in names}
-    failure: list[BaseException] = []
+    rows = _CombinedRows(batches, classes, names, spool_dir)
+    geometry_type = "MultiPolygon" if multi else "Polygon"
+    reader = rows.reader()
+    try:
+        with _fast_sqlite():
+            _write_layer(reader, path, COMBINED_LAYER, geometry_type, crs, "all classes", True)
+            _write_class_layers(path, rows, names, geometry_type, crs)
+    except Exception as exc:
+        if rows.failure:
+            raise rows.failure[0] from None
+        raise OutputError(f"cannot write {path}: {exc}") from exc
+    if rows.failure:  # in case a reader error ever ends the stream quietly
+        raise rows.failure[0]
+    write_layer_styles(path, classes)
+    counts = rows.counts
+    return {COMBINED_LAYER: sum(counts.values()), **{names[c]: n for c, n in counts.items()}}
 
-    def combined() -> Iterator[Any]:
-        sinks = {cid: pa.ipc.new_stream(str(p), class_schema) for cid, p in spools.items()}
+
+class _CombinedRows:
+    """The combined layer's Arrow batches, each class's rows spooled to its own IPC file meanwhile.
+
+    Counts the features of each class as they pass, and keeps the exception that ends the stream:
+    GDAL pulls the batches through the Arrow C stream, which would reduce it to a message.
+    """
+
+    def __init__(
+        self,
+        batches: Iterable[FeatureBatch],
+        classes: ClassTable,
+        names: dict[int, str],
+        spool_dir: Path,
+    ) -> None:
+        # pyarrow is imported in the functions, not at module level: block workers forked before
+        # writing starts then stay free of pyarrow/pyogrio (and the pandas/geopandas that pyogrio
+        # loads), about 100 MB each.
+        import pyarrow as pa
+
+        self._batches = batches
+        self.class_name = {info.id: info.name for info in classes}
+        self.counts = dict.fromkeys(names, 0)
+        self.spools = {cid: spool_dir / f"class_{cid}.arrows" for cid in names}
+        self.failure: list[BaseException] = []
+        self.class_schema = pa.schema(
+            [
+                ("area_m2", pa.float64()),
+                ("perimeter_m", pa.float64()),
+                (GEOMETRY_COLUMN, pa.binary()),
+            ]
+        )
+        self.schema = pa.schema(
+            [("class_id", pa.int32()), ("class_name", pa.string()), *self.class_schema]
+        )
+
+    def reader(self) -> Any:
+        """A ``pyarrow.RecordBatchReader`` over the combined layer's rows (consumed once)."""
+        import pyarrow as pa
+
+        return pa.RecordBatchReader.from_batches(self.schema, self._stream())
+
+    def _stream(self) -> Iterator[Any]:
+        """The combined rows batch by batch; each batch's rows go to the spool files after it."""
+        import pyarrow as pa
+
+        sinks = {
+            cid: pa.ipc.new_stream(str(p), self.class_schema) for cid, p in self.spools.items()
+        }
         try:
-            for batch in batches:
+            for batch in self._batches:
                 if not len(batch):
                     continue
                 area = pa.array(batch.area_m2, type=pa.float64())
                 perimeter = pa.array(batch.perimeter_m, type=pa.float64())
                 geometry = pa.array(batch.wkb, type=pa.binary())
-                label = pa.array([class_name[int(c)] for c in batch.class_id], type=pa.string())
+                label = pa.array(
+                    [self.class_name[int(c)] for c in batch.class_id], type=pa.string()
+                )
                 yield pa.record_batch(
                     [pa.array(batch.class_id, type=pa.int32()), label, area, perimeter, geometry],
-                    schema=combined_schema,
+                    schema=self.schema,
                 )
-                for cid in np.unique(batch.class_id).tolist():
-                    index = pa.array(np.flatnonzero(batch.class_id == cid))
-                    columns = [area.take(index), perimeter.take(index), geometry.take(index)]
-                    sinks[cid].write_batch(pa.record_batch(columns, schema=class_schema))
-                    counts[cid] += len(index)
+                self._spool(batch.class_id, [area, perimeter, geometry], sinks)
         except BaseException as exc:
-            # GDAL pulls this generator through the Arrow C stream, which would reduce the
-            # exception to a message; keep it to re-raise the original.
-            failure.append(exc)
+            self.failure.append(exc)
             raise
         finally:
             for sink in sinks.values():
                 sink.close()
 
-    geometry_type = "MultiPolygon" if multi else "Polygon"
-    reader = pa.RecordBatchReader.from_batches(combined_schema, combined())
-    try:
-        with _fast_sqlite():
-            _write_layer(reader, path, COMBINED_LAYER, geometry_type, crs, "all classes", True)
-            for cid, name in names.items():
-                with pa.ipc.open_stream(str(spools[cid])) as spooled:
-                    _write_layer(spooled, path, name, geometry_type, crs, class_name[cid], False)
-                spools[cid].unlink()
-    except Exception as exc:
-        if failure:
-            raise failure[0] from None
-        raise OutputError(f"cannot write {path}: {exc}") from exc
-    if failure:  # in case a reader error ever ends the stream quietly
-        raise failure[0]
-    write_layer_styles(path, classes)
-    return {COMBINED_LAYER: sum(counts.values()), **{names[c]: n for c, n in counts.items()}}
+    def _spool(
+        self, class_id: NDArray[np.int64], columns: list[Any], sinks: dict[int, Any]
+    ) -> None:
+        """Append the rows of each class in ``class_id`` to that class's spool file."""
+        import pyarrow as pa
+
+        for cid in np.unique(class_id).tolist():
+            index = pa.array(np.flatnonzero(class_id == cid))
+            taken = [column.take(index) for column in columns]
+            sinks[cid].write_batch(pa.record_batch(taken, schema=self.class_schema))
+            self.counts[cid] += len(index)
+
+
+def _write_class_layers(
+    path: Path, rows: _CombinedRows, names: dict[int, str], geometry_type: str, crs: str | None
+) -> None:
+    """Write each class's spooled rows as its own layer, removing the spool file once written."""
+    import pyarrow as pa
+
+    for cid, name in names.items():
+        with pa.ipc.open_stream(str(rows.spools[cid])) as spooled:
+            _write_layer(spooled, path, name, geometry_type, crs, rows.class_name[cid], False)
+        rows.spools[cid].unlink()
 
 
 @contextmanager

@@ -40,8 +40,8 @@ from geoseg.errors import (
     SceneNotFoundError,
     UngeoreferencedWarning,
 )
-from geoseg.types import ClassInfo, ClassTable, default_color
-from geoseg.vector.blocks import block_map, block_windows
+from geoseg.types import ClassInfo, ClassTable, PixelWindow, default_color
+from geoseg.vector.blocks import BlockMap, block_map, block_windows
 from geoseg.vector.coverage import Geoms, assemble, explode, insert_nodes
 from geoseg.vector.gpkg import FeatureBatch, write_geopackage
 from geoseg.vector.measure import GroundMeasure
@@ -121,7 +121,6 @@ def vectorize(
         ConfigError: an option is out of range.
     """
     started = time.perf_counter()
-    timings: dict[str, float] = {}
     _check_options(min_area, simplify, connectivity, block_size, workers)
     src = Path(classes_path)
     out = Path(out_path)
@@ -136,67 +135,126 @@ def vectorize(
     table = classes if classes is not None else read_class_table(src)
     _check_output(out, overwrite)
     measure = GroundMeasure(info.crs_wkt, info.transform, (info.height, info.width))
-    blocks = block_windows(info.height, info.width, block_size)
-    multi = connectivity == 8
-    finish = Finisher(info.transform, measure, multi)
+    plan = _Plan(
+        src=src,
+        info=info,
+        table=table,
+        measure=measure,
+        blocks=block_windows(info.height, info.width, block_size),
+        finish=Finisher(info.transform, measure, connectivity == 8),
+        connectivity=connectivity,
+        smooth=smooth,
+        min_area=min_area,
+        simplify=simplify,
+        workers=workers,
+    )
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    sieve_stats: SieveStats | None = None
     try:
-        with ExitStack() as pool:
-            map_blocks = pool.enter_context(block_map(workers))
-            source = src
-            if min_area > 0:
-                t = time.perf_counter()
-                sieved = tmp / "sieved.tif"
-                sieve_stats = sieve(
-                    src,
-                    sieved,
-                    min_area=min_area,
-                    connectivity=connectivity,
-                    blocks=blocks,
-                    measure=measure,
-                    map_blocks=map_blocks,
-                )
-                if sieve_stats.pixels_changed:
-                    source = sieved
-                timings["sieve"] = time.perf_counter() - t
-            t = time.perf_counter()
-            jobs = [
-                PolygonizeJob(
-                    str(source),
-                    w,
-                    (info.height, info.width),
-                    info.nodata,
-                    connectivity,
-                    smooth,
-                    frozenset(c.id for c in table),
-                    None if simplify > 0 else finish,
-                )
-                for w in blocks
-            ]
-            stream = polygon_stream(jobs, map_blocks, src, table, connectivity, smooth)
-            # The workers are done once the last block is polygonized: let them go before the
-            # per-class layers are written rather than idle (and hold memory) until the end.
-            stream = _then(stream, pool.close)
-            if simplify > 0:
-                tolerance = simplify / measure.pixel_size()
-                batches: Iterable[FeatureBatch] = _simplified(stream, tolerance, finish)
-            else:
-                batches = (b for b in stream if isinstance(b, FeatureBatch))
-            tmp_out = tmp / out.name
-            layers = write_geopackage(
-                tmp_out, batches, classes=table, crs=info.crs_out, multi=multi, spool_dir=tmp
-            )
-            timings["polygons"] = time.perf_counter() - t
-        try:
-            os.replace(tmp_out, out)
-        except OSError as exc:
-            raise OutputError(f"cannot move the finished GeoPackage to {out}: {exc}") from exc
+        layers, sieve_stats, timings = _write_vectors(plan, tmp / out.name, tmp)
+        _move_into_place(tmp / out.name, out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     timings["total"] = time.perf_counter() - started
     polygons = next(iter(layers.values()))
     return VectorizeResult(out, layers, table, polygons, timings, sieve_stats)
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """One :func:`vectorize` call, checked: the raster, its classes, its blocks and the options."""
+
+    src: Path
+    info: _RasterInfo
+    table: ClassTable
+    measure: GroundMeasure
+    blocks: list[PixelWindow]
+    finish: Finisher
+    connectivity: int
+    smooth: bool
+    min_area: float
+    simplify: float
+    workers: int
+
+
+def _write_vectors(
+    plan: _Plan, tmp_out: Path, tmp: Path
+) -> tuple[dict[str, int], SieveStats | None, dict[str, float]]:
+    """Sieve (with ``min_area``), polygonize and write the GeoPackage ``tmp_out``.
+
+    Returns:
+        Feature count per layer, the sieve's statistics (``None`` without ``min_area``) and the
+        seconds of each step (``sieve``, ``polygons``). Scratch files go to ``tmp``.
+    """
+    timings: dict[str, float] = {}
+    sieve_stats: SieveStats | None = None
+    with ExitStack() as pool:
+        map_blocks = pool.enter_context(block_map(plan.workers))
+        source = plan.src
+        if plan.min_area > 0:
+            t = time.perf_counter()
+            sieved = tmp / "sieved.tif"
+            sieve_stats = sieve(
+                plan.src,
+                sieved,
+                min_area=plan.min_area,
+                connectivity=plan.connectivity,
+                blocks=plan.blocks,
+                measure=plan.measure,
+                map_blocks=map_blocks,
+            )
+            if sieve_stats.pixels_changed:
+                source = sieved
+            timings["sieve"] = time.perf_counter() - t
+        t = time.perf_counter()
+        # The workers are done once the last block is polygonized: let them go before the
+        # per-class layers are written rather than idle (and hold memory) until the end.
+        batches = _feature_batches(plan, source, map_blocks, release_workers=pool.close)
+        layers = write_geopackage(
+            tmp_out,
+            batches,
+            classes=plan.table,
+            crs=plan.info.crs_out,
+            multi=plan.finish.multi,
+            spool_dir=tmp,
+        )
+        timings["polygons"] = time.perf_counter() - t
+    return layers, sieve_stats, timings
+
+
+def _feature_batches(
+    plan: _Plan, source: Path, map_blocks: BlockMap, *, release_workers: Callable[[], None]
+) -> Iterable[FeatureBatch]:
+    """The features of ``source`` block by block, coverage-simplified together with ``simplify``.
+
+    ``release_workers`` is called once the last block is polygonized.
+    """
+    jobs = [
+        PolygonizeJob(
+            str(source),
+            w,
+            (plan.info.height, plan.info.width),
+            plan.info.nodata,
+            plan.connectivity,
+            plan.smooth,
+            frozenset(c.id for c in plan.table),
+            None if plan.simplify > 0 else plan.finish,
+        )
+        for w in plan.blocks
+    ]
+    stream = polygon_stream(jobs, map_blocks, plan.src, plan.table, plan.connectivity, plan.smooth)
+    stream = _then(stream, release_workers)
+    if plan.simplify > 0:
+        tolerance = plan.simplify / plan.measure.pixel_size()
+        return _simplified(stream, tolerance, plan.finish)
+    return (b for b in stream if isinstance(b, FeatureBatch))
+
+
+def _move_into_place(tmp_out: Path, out: Path) -> None:
+    """Rename the finished GeoPackage to ``out`` (replacing it: ``overwrite`` was checked)."""
+    try:
+        os.replace(tmp_out, out)
+    except OSError as exc:
+        raise OutputError(f"cannot move the finished GeoPackage to {out}: {exc}") from exc
 
 
 def read_class_table(path: str | Path) -> ClassTable:

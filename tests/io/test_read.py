@@ -152,6 +152,41 @@ def test_an_alpha_tagged_band_holding_data_is_not_a_mask(tmp_path):
     assert not valid[30:, :5].any() and valid[:30].all()
 
 
+def test_the_files_own_mask_still_masks_beside_an_alpha_tagged_nir_band(tmp_path):
+    """Found by tests/test_properties.py: a 4-band uint8 GeoTIFF with an internal mask."""
+    import rasterio
+    from rasterio.transform import from_origin
+
+    import geoseg
+    from geoseg.io.grid import scene_validity
+    from geoseg.io.read import alpha_data_band, has_own_mask
+    from tests.conftest import conv_model, write_raster
+
+    rng = np.random.default_rng(1)
+    data = rng.integers(1, 100, size=(4, 6, 7), dtype=np.uint8)
+    mask = np.ones((6, 7), dtype=bool)
+    mask[4:, 5:] = False
+    path = write_raster(
+        tmp_path / "masked.tif", data, crs="EPSG:32633",
+        transform=from_origin(500_000, 5_300_000, 10, 10), mask=mask,
+    )  # fmt: skip
+    with rasterio.open(path) as ds:
+        assert ds.colorinterp[3] == ColorInterp.alpha and alpha_data_band(ds) == 4
+        assert has_own_mask(ds)
+    with TileReader(path, [3, 1]) as reader:
+        _, valid = reader.read(PixelWindow(0, 0, 6, 7))
+    np.testing.assert_array_equal(valid, mask)
+    with scene_validity(str(path), [3, 1], 7) as validity:
+        np.testing.assert_array_equal(validity(0, 6), mask)
+    with pytest.warns(geoseg.errors.AlphaBandWarning):
+        result = geoseg.segment(
+            path, tmp_path / "out", model=conv_model(2, 3), bands=[3, 1], tile_size=4,
+            overlap=0, vectorize=False, preview=False,
+        )  # fmt: skip
+    with rasterio.open(result.classes_path) as ds:
+        np.testing.assert_array_equal(ds.read(1) == 255, ~mask)
+
+
 def test_a_real_alpha_mask_still_masks(tmp_path):
     import rasterio
 

@@ -22,7 +22,8 @@ from geoseg.cli import main  # noqa: E402
 from geoseg.engine.inference import Normaliser, Predictor  # noqa: E402
 from geoseg.errors import ModelError  # noqa: E402
 from geoseg.model import load_model, read_card  # noqa: E402
-from geoseg.model.onnx import CARD_KEY, export_onnx, load_onnx  # noqa: E402
+from geoseg.model.onnx import CARD_KEY, load_onnx  # noqa: E402
+from geoseg.model.onnx_export import export_onnx  # noqa: E402
 from geoseg.model.onnx_module import to_probabilities  # noqa: E402
 from geoseg.pipeline import segment  # noqa: E402
 

@@ -18,7 +18,14 @@ import geoseg
 from geoseg.errors import ConfigError, TrainingError
 from geoseg.model import build_model, create_module, load_model, save_checkpoint
 from geoseg.training import data as train_data
-from geoseg.training.train import initialize_from, load_config, load_data, logit_offsets, train
+from geoseg.training.augment import HueShift, hue_rotation, jitter_colors
+from geoseg.training.checkpoints import initialize_from
+from geoseg.training.datasets import RandomCropDataset
+from geoseg.training.label_encoding import LabelEncoding, encode_labels, encoding_from_classes
+from geoseg.training.prepare import logit_offsets
+from geoseg.training.schedule import lr_factor, restart_from_step
+from geoseg.training.task import GeosegSegmentationTask
+from geoseg.training.train import load_config, load_data, train
 from tests.conftest import DATA, write_raster
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -187,7 +194,7 @@ def test_split_is_by_whole_group_and_unknown_groups_are_refused(tmp_path: Path) 
 
 
 def test_pair_key_pairs_by_number_and_refuses_ambiguous_masks(tmp_path: Path) -> None:
-    encoding = train_data.LabelEncoding({}, {0: 0, 1: 1}, frozenset(), frozenset())
+    encoding = LabelEncoding({}, {0: 0, 1: 1}, frozenset(), frozenset())
     for group in ("a", "b"):
         for kind, stem in (("img", "tile_7"), ("mask", "mask_7")):
             path = tmp_path / group / kind / f"{stem}.tif"
@@ -216,11 +223,11 @@ def test_colour_masks_map_to_ids_and_unknown_colours_fail(tmp_path: Path) -> Non
     land = np.all(raw == (132, 41, 246), axis=-1)
     water = np.all(raw == (226, 169, 41), axis=-1)
     assert np.all(label[land] == 1) and np.all(label[water] == 4)
-    encoding = train_data.encoding_from_classes(cfg.class_entries, cfg.classes, [])
+    encoding = encoding_from_classes(cfg.class_entries, cfg.classes, [])
     odd = np.zeros((10, 10, 3), dtype=np.uint8)
     odd[:5] = (1, 2, 3)
     with pytest.raises(TrainingError, match="#010203"):
-        train_data.encode_labels(odd, encoding, "odd.png")
+        encode_labels(odd, encoding, "odd.png")
 
 
 def test_rasters_with_label_raster_and_vector_labels(tmp_path: Path) -> None:
@@ -289,6 +296,22 @@ def test_prior_correction_offsets_undo_the_class_weights() -> None:
     assert logit_offsets(None) is None
 
 
+def test_resumed_schedule_keeps_the_step_and_follows_the_new_length() -> None:
+    assert lr_factor(0, 100, "onecycle") == pytest.approx(0.1)
+    assert lr_factor(10, 100, "onecycle") == pytest.approx(1.0)
+    assert lr_factor(0, 100, "cosine") == pytest.approx(1.0)
+    assert lr_factor(500, 100, "cosine") == pytest.approx(0.01)  # past the end the floor holds
+    saved = {"global_step": 40, "lr_schedulers": [{"last_epoch": 40, "base_lrs": [9.0]}]}
+    restart_from_step(saved, 1e-3, 200, "cosine")  # resumed with twice the max_steps
+    (state,) = saved["lr_schedulers"]
+    assert state["last_epoch"] == 40 and state["_step_count"] == 41
+    assert state["base_lrs"] == [1e-3]
+    assert state["_last_lr"] == [pytest.approx(1e-3 * lr_factor(40, 200, "cosine"))]
+    untouched: dict[str, Any] = {"global_step": 3}
+    restart_from_step(untouched, 1e-3, 200, "cosine")
+    assert untouched == {"global_step": 3}
+
+
 def test_scale_augmentation_zooms_crops_and_keeps_labels() -> None:
     # Vertical stripes 8 px wide, class = stripe index, and the image encodes the class.
     label = np.broadcast_to((np.arange(256) // 8).astype(np.uint8), (256, 256)).copy()
@@ -296,7 +319,7 @@ def test_scale_augmentation_zooms_crops_and_keeps_labels() -> None:
     item = train_data.LabelledImage(image=image, label=label, group="g", name="stripes")
 
     def stripes_per_crop(scale: tuple[float, float] | None) -> float:
-        ds = train_data.RandomCropDataset([item], 32, 40, [0, 0, 0], [1, 1, 1], scale=scale)
+        ds = RandomCropDataset([item], 32, 40, [0, 0, 0], [1, 1, 1], scale=scale)
         counts = []
         for i in range(len(ds)):
             sample = ds[i]
@@ -317,7 +340,7 @@ def test_scale_augmentation_zooms_crops_and_keeps_labels() -> None:
     assert zoomed_in < plain < zoomed_out  # 2x zoom out: twice the ground per crop
     assert zoomed_out == pytest.approx(2 * plain, rel=0.35)
     with pytest.raises(TrainingError, match="scale"):
-        train_data.RandomCropDataset([item], 32, 4, [0], [1], scale=(2.0, 1.0))
+        RandomCropDataset([item], 32, 4, [0], [1], scale=(2.0, 1.0))
 
 
 def _states_equal(a: torch.nn.Module, b: torch.nn.Module, prefix: str = "") -> bool:
@@ -416,9 +439,7 @@ def test_fine_tune_refuses_a_model_with_other_bands(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("loss", ["ce", "focal", "dice", "jaccard", "ce+dice"])
 def test_every_loss_skips_ignored_pixels(loss: str) -> None:
-    from geoseg.training.train import _task_class
-
-    task = _task_class()(
+    task = GeosegSegmentationTask(
         arch="unet",
         backbone="mobilenet_v2",
         num_classes=3,
@@ -441,7 +462,7 @@ def test_color_jitter_changes_brightness_contrast_and_tint_within_bounds() -> No
     grey = np.full((3, 16, 16), 100, dtype=np.uint8)
     means = []
     for _ in range(200):
-        out = train_data.jitter_colors(grey, 0.2, rng)
+        out = jitter_colors(grey, 0.2, rng)
         assert out.dtype == np.float32 and out.shape == grey.shape
         # a flat grey crop only gets brightness and the per-band gains
         assert np.all(out >= 100 * 0.8 * 0.95 - 1e-3) and np.all(out <= 100 * 1.2 * 1.05 + 1e-3)
@@ -452,20 +473,20 @@ def test_color_jitter_changes_brightness_contrast_and_tint_within_bounds() -> No
 
     # strength 0 is the identity; integer data are clipped to their range
     stripes = np.stack([np.tile(np.arange(0, 256, 16, dtype=np.uint8), (16, 1))] * 3)
-    np.testing.assert_array_equal(train_data.jitter_colors(stripes, 0.0, rng), stripes)
-    outs = [train_data.jitter_colors(stripes, 0.5, rng) for _ in range(50)]
+    np.testing.assert_array_equal(jitter_colors(stripes, 0.0, rng), stripes)
+    outs = [jitter_colors(stripes, 0.5, rng) for _ in range(50)]
     assert all(o.min() >= 0 and o.max() <= 255 for o in outs)
     assert any(o.max() == 255 for o in outs)  # brightened past white, clipped
     contrasts = [o.std() / stripes.std() for o in outs]
     assert min(contrasts) < 0.8 and max(contrasts) > 1.2
 
     item = train_data.LabelledImage(image=stripes, label=stripes[0] // 16, group="g", name="s")
-    plain = train_data.RandomCropDataset([item], 16, 8, [0, 0, 0], [1, 1, 1])
-    jittered = train_data.RandomCropDataset([item], 16, 8, [0, 0, 0], [1, 1, 1], color_jitter=0.3)
+    plain = RandomCropDataset([item], 16, 8, [0, 0, 0], [1, 1, 1])
+    jittered = RandomCropDataset([item], 16, 8, [0, 0, 0], [1, 1, 1], color_jitter=0.3)
     assert {float(plain[i]["image"].sum()) for i in range(8)} == {float(stripes.sum())}
     assert len({round(float(jittered[i]["image"].sum())) for i in range(8)}) > 1
     with pytest.raises(TrainingError, match="color_jitter"):
-        train_data.RandomCropDataset([item], 16, 8, [0], [1], color_jitter=1.5)
+        RandomCropDataset([item], 16, 8, [0], [1], color_jitter=1.5)
 
 
 def two_region_config(tmp_path: Path) -> dict[str, Any]:
@@ -551,7 +572,7 @@ def test_set_valued_labels_need_the_cross_entropy(tmp_path: Path) -> None:
 
 
 def test_hue_rotation_keeps_grey_and_brightness() -> None:
-    rot = train_data.hue_rotation(np.deg2rad(120))
+    rot = hue_rotation(np.deg2rad(120))
     np.testing.assert_allclose(rot @ np.array([50.0, 50.0, 50.0]), [50, 50, 50], atol=1e-4)
     np.testing.assert_allclose(rot @ np.array([0.0, 0.0, 255.0]), [255, 0, 0], atol=1e-3)
     np.testing.assert_allclose(rot @ rot @ rot, np.eye(3), atol=1e-5)  # three turns of 120°
@@ -562,7 +583,7 @@ def test_hue_shift_changes_only_the_chosen_classes_pixels() -> None:
     image = rng.integers(0, 200, size=(3, 32, 32)).astype(np.uint8)
     label = np.zeros((32, 32), np.uint8)
     label[8:20, 4:30] = 2
-    shift = train_data.HueShift((2,), degrees=150, probability=1.0, brightness=(1.5, 1.5))
+    shift = HueShift((2,), degrees=150, probability=1.0, brightness=(1.5, 1.5))
     out = shift.apply(image, label, np.random.default_rng(1))
     water = label == 2
     np.testing.assert_array_equal(out[:, ~water], image[:, ~water])
@@ -571,9 +592,9 @@ def test_hue_shift_changes_only_the_chosen_classes_pixels() -> None:
     expected = np.minimum(image[:, water].astype(np.float32).mean(0) * 1.5, 255)
     assert np.abs(out[:, water].mean(0) - expected).mean() < 12
     assert out.max() <= 255 and out.min() >= 0
-    never = train_data.HueShift((2,), probability=1e-9)
+    never = HueShift((2,), probability=1e-9)
     assert never.apply(image, label, np.random.default_rng(1)) is image
     with pytest.raises(TrainingError, match="degrees"):
-        train_data.HueShift((2,), degrees=0)
+        HueShift((2,), degrees=0)
     with pytest.raises(TrainingError, match="at least one class"):
-        train_data.HueShift(())
+        HueShift(())
