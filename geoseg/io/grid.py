@@ -200,13 +200,13 @@ def scene_validity(
     from geoseg.io.read import _gdal_path, nodata_only_validity, read_validity
 
     with rasterio.open(_gdal_path(path)) as ds:
-        alpha_is_data = nodata_only_validity(ds)
+        nodata_only = nodata_only_validity(ds)
 
         is_float = np.dtype(ds.dtypes[0]).kind == "f"
 
         def validity(row_off: int, height: int) -> np.ndarray:
             window = Window(0, row_off, width, height)
-            ok = read_validity(ds, bands, alpha_is_data, window=window)
+            ok = read_validity(ds, bands, nodata_only, window=window)
             if is_float:
                 ok &= np.all(np.isfinite(ds.read(list(bands), window=window)), axis=0)
             return ok

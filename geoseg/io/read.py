@@ -309,21 +309,21 @@ def warn_alpha_data(dataset: Any, band: int) -> None:
 def read_validity(
     dataset: Any,
     bands: Sequence[int],
-    alpha_is_data: bool,
+    nodata_only: bool,
     *,
     window: Any = None,
     out_shape: tuple[int, int] | None = None,
 ) -> np.ndarray:
     """``(H, W)`` bool: where every band in ``bands`` is valid (GDAL's masks, or nodata alone).
 
-    ``alpha_is_data`` (see :func:`nodata_only_validity`) leaves the alpha band out of it. With
+    ``nodata_only`` (see :func:`nodata_only_validity`): validity from the nodata value alone. With
     ``out_shape`` the read is decimated (nearest neighbour), as for a preview.
     """
     n = len(bands)
     kwargs: dict[str, Any] = {"window": window}
     if out_shape is not None:
         kwargs.update(out_shape=(n, *out_shape), resampling=rasterio.enums.Resampling.nearest)
-    if not alpha_is_data:
+    if not nodata_only:
         valid: np.ndarray = np.all(dataset.read_masks(list(bands), **kwargs) > 0, axis=0)
         return valid
     return valid_by_nodata(dataset.read(list(bands), **kwargs), dataset.nodata)
@@ -357,7 +357,7 @@ class TileReader:
         with rasterio.open(self.path) as ds:
             self.height, self.width = ds.height, ds.width
             self.is_float = np.dtype(ds.dtypes[0]).kind == "f"
-            self.alpha_is_data = nodata_only_validity(ds)
+            self.nodata_only = nodata_only_validity(ds)
             self.nodata = ds.nodata
         if self.grid is not None:  # windows are in the grid's pixels, read resampled
             self.height, self.width = self.grid.height, self.grid.width
@@ -406,7 +406,7 @@ class TileReader:
         if self.grid is None:
             rw = inside.to_rasterio()
             raw = ds.read(self.bands, window=rw)
-            if self.alpha_is_data:  # validity from the pixels just read
+            if self.nodata_only:  # validity from the pixels just read
                 return raw, valid_by_nodata(raw, self.nodata)
             return raw, np.all(ds.read_masks(self.bands, window=rw) > 0, axis=0)
         # Floating-point windows with out_shape (see geoseg.io.grid): finer than the scene,
@@ -419,7 +419,7 @@ class TileReader:
         kind = Resampling.bilinear if upsampling else Resampling.average
         raw = ds.read(self.bands, window=rw, out_shape=shape, resampling=kind)
         near = {"window": rw, "out_shape": shape, "resampling": Resampling.nearest}
-        if not self.alpha_is_data:
+        if not self.nodata_only:
             return raw, np.all(ds.read_masks(self.bands, **near) > 0, axis=0)
         if self.nodata is None:
             return raw, np.ones(shape[1:], dtype=bool)

@@ -290,8 +290,8 @@ def read_stretched_rgb(
 
     with rasterio.open(path) as ds:
         data = ds.read(show, out_shape=(3, *out_shape), resampling=Resampling.nearest)
-        alpha_is_data = nodata_only_validity(ds)
-        valid = read_validity(ds, show, alpha_is_data, out_shape=out_shape)
+        nodata_only = nodata_only_validity(ds)
+        valid = read_validity(ds, show, nodata_only, out_shape=out_shape)
     valid &= np.all(np.isfinite(data), axis=0)
     rgb = np.zeros((*out_shape, 3), dtype=np.uint8)
     for i in range(3):
