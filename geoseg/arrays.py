@@ -80,7 +80,7 @@ def segment_array(
         bands: the bands to feed the model: 1-based positions along the band dimension (as
             ``--bands``) or band names (``"red"``, ...); default: matched by name.
         probabilities: also return ``probabilities`` ``(class, y, x)``.
-        tta: test-time augmentation: ``none``, ``flips`` or ``d4``.
+        tta: test-time augmentation: ``none``, ``mirror``, ``flips`` or ``d4``.
 
     Returns:
         A Dataset on the input's ``y``/``x`` coordinates and CRS with ``classes`` (uint8, 255 =

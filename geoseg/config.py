@@ -21,7 +21,7 @@ T = TypeVar("T")
 
 DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("auto", "fp32", "fp16", "bf16")
-TTA_MODES = ("none", "flips", "d4")
+TTA_MODES = ("none", "mirror", "flips", "d4")
 #: ``tiling.resolution`` modes besides a pixel size in metres.
 RESOLUTION_MODES = ("auto", "native")
 
@@ -87,10 +87,12 @@ class InferenceConfig:
     precision: str = "auto"  # auto: fp16 autocast on CUDA, fp32 on CPU
     read_threads: int = 2
     prefetch_batches: int = 2
-    tta: str = "none"  # none | flips (4 forward passes per tile) | d4 (8: flips and rotations)
+    # Test-time augmentation: none | mirror (2 passes) | flips (4) | d4 (8: flips and rotations);
+    # None: the model card's own (``ModelCard.tta``), else none.
+    tta: str | None = None
 
     def __post_init__(self) -> None:
-        if self.tta not in TTA_MODES:
+        if self.tta is not None and self.tta not in TTA_MODES:
             raise ConfigError(
                 f"inference.tta must be one of {', '.join(TTA_MODES)}, got {self.tta!r}"
             )
@@ -108,6 +110,13 @@ class InferenceConfig:
             )
         if self.read_threads < 1 or self.prefetch_batches < 1:
             raise ConfigError("inference.read_threads and inference.prefetch_batches must be >= 1")
+
+
+def resolve_tta(tta: str | None, model_tta: str | None) -> str:
+    """The test-time augmentation to run: the one asked for, else the model card's, else none."""
+    if tta is not None:
+        return tta
+    return model_tta or "none"
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any
 
-from geoseg.config import RunConfig, load_config
+from geoseg.config import RunConfig, load_config, resolve_tta
 from geoseg.engine.loop import Engine, Log, local_engine
 from geoseg.engine.plan import (
     RunPlan,
@@ -208,7 +208,7 @@ def segment(
         config: a :class:`RunConfig` or YAML path; keyword arguments override it.
         progress: show a progress bar.
         log: where to send status lines (default: nowhere).
-        tta: test-time augmentation: ``none``, ``flips`` (4 passes) or ``d4`` (8 passes).
+        tta: test-time augmentation: ``none``, ``mirror`` (2 passes), ``flips`` (4) or ``d4`` (8).
         engine: what turns tiles into bands (default :func:`local_engine`; see
             :func:`geoseg.distributed.segment_distributed` for the dask engine).
         resume: continue the interrupted run into ``out_dir`` (same scene, model and settings,
@@ -363,6 +363,7 @@ def _write_run_json(tmp_dir: Path, run: RunPlan, device: str) -> None:
         "overlap": run.overlap,
         "bands": list(run.bands),
         "device": device,
+        "tta": resolve_tta(run.cfg.inference.tta, card.tta),
         "resolution": run.cfg.tiling.resolution,
         "scene_gsd": run.read_grid.scene_gsd,
         **run.read_grid.settings(),

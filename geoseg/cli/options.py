@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import click
 
+from geoseg.config import TTA_MODES
+
 tta_option = click.option(
     "--tta",
-    type=click.Choice(["none", "flips", "d4"]),
-    help="Test-time augmentation: average over 4 flips or all 8 flips/rotations (4x/8x slower).",
+    type=click.Choice(TTA_MODES),
+    help="Test-time augmentation: average over the tile and its mirror (2x slower), the 4 flips "
+    "or all 8 flips/rotations (4x/8x slower). Default: the model card's (the shipped model: "
+    "see geoseg info default), else none.",
 )
 
 

@@ -16,6 +16,7 @@ from typing import TypeVar
 import numpy as np
 import torch
 
+from geoseg.config import resolve_tta
 from geoseg.errors import ConfigError
 from geoseg.model import SegmentationModel
 from geoseg.model.device import resolve_device
@@ -49,11 +50,13 @@ class TileBatch:
     inputs: np.ndarray  # (len(run), C, th, tw) float32, normalised, invalid pixels set to 0
 
 
-#: Test-time augmentations as ``(quarter turns, mirror left-right first)`` pairs. ``flips`` is the
-#: group of mirrors (identity, left-right, up-down = turn 2 of left-right, both = turn 2);
-#: ``d4`` adds the quarter turns: all 8 symmetries of the square.
+#: Test-time augmentations as ``(quarter turns, mirror left-right first)`` pairs. ``mirror`` is
+#: the tile and its left-right mirror; ``flips`` the group of mirrors (identity, left-right,
+#: up-down = turn 2 of left-right, both = turn 2); ``d4`` adds the quarter turns: all 8
+#: symmetries of the square.
 TTA_TRANSFORMS: dict[str, tuple[tuple[int, bool], ...]] = {
     "none": ((0, False),),
+    "mirror": ((0, False), (0, True)),
     "flips": ((0, False), (0, True), (2, True), (2, False)),
     "d4": tuple((k, mirror) for mirror in (False, True) for k in range(4)),
 }
@@ -87,8 +90,9 @@ class Predictor:
         device: str | None = "auto",
         precision: str = "auto",
         *,
-        tta: str = "none",
+        tta: str | None = None,
     ) -> None:
+        tta = resolve_tta(tta, model.card.tta)
         if tta not in TTA_TRANSFORMS:
             raise ConfigError(f"unknown --tta {tta!r}; use one of {', '.join(TTA_TRANSFORMS)}")
         self.model = model

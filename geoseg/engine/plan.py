@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from geoseg.config import RunConfig
+from geoseg.config import RunConfig, resolve_tta
 from geoseg.engine.loop import Log
 from geoseg.errors import (
     BandMismatchError,
@@ -216,6 +216,7 @@ def open_partial(plan: RunPlan, *, resume: bool, say: Log) -> PartialRun:
         "block_size": plan.block,
         **plan.read_grid.settings(),
         **{k: v for k, v in dataclasses.asdict(inf).items() if k not in unrelated},
+        "tta": resolve_tta(inf.tta, card.tta),
     }
     fingerprint = {
         "scene": scene_fingerprint(info, plan.scene.members),

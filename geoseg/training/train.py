@@ -296,7 +296,10 @@ def _export(
             "seconds_last_session": round(seconds),
             "device": str(trainer.strategy.root_device),
             "torch_threads": torch.get_num_threads(),
+            **({"init_average": cfg.model.init_average} if cfg.model.init_average else {}),
         },
+        tta=cfg.model.tta,
+        average_with=(data.init, cfg.model.init_average) if data.init is not None else None,
     )
     return metrics
 

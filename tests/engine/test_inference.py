@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
+
 import numpy as np
 import pytest
 import rasterio
@@ -11,7 +14,7 @@ import geoseg
 from geoseg.cli import main
 from geoseg.config import InferenceConfig, config_from_mapping
 from geoseg.engine.inference import TTA_TRANSFORMS, Predictor, tta_forward, tta_inverse
-from geoseg.errors import ConfigError
+from geoseg.errors import ConfigError, ModelError
 from geoseg.model import ModelCard, SegmentationModel
 from geoseg.training.evaluate import evaluate
 from geoseg.types import ClassTable
@@ -70,14 +73,14 @@ def test_inverse_undoes_each_transform(turns, mirror):
     assert torch.equal(tta_inverse(y, turns, mirror), x)
 
 
-@pytest.mark.parametrize(("mode", "count"), [("none", 1), ("flips", 4), ("d4", 8)])
+@pytest.mark.parametrize(("mode", "count"), [("none", 1), ("mirror", 2), ("flips", 4), ("d4", 8)])
 def test_transform_sets_are_distinct_symmetries(mode, count):
     x = torch.arange(25, dtype=torch.float32).reshape(1, 1, 5, 5)
     images = {tuple(tta_forward(x, t, m).flatten().tolist()) for t, m in TTA_TRANSFORMS[mode]}
     assert len(images) == len(TTA_TRANSFORMS[mode]) == count
 
 
-@pytest.mark.parametrize("mode", ["flips", "d4"])
+@pytest.mark.parametrize("mode", ["mirror", "flips", "d4"])
 @pytest.mark.parametrize("shape", [(32, 32), (32, 48)])
 def test_predictor_averages_softmax_over_undone_transforms(mode, shape):
     module = PositionModel()
@@ -91,7 +94,7 @@ def test_predictor_averages_softmax_over_undone_transforms(mode, shape):
     assert not np.allclose(got, plain, atol=1e-3)  # the position term makes TTA matter
 
 
-@pytest.mark.parametrize("mode", ["flips", "d4"])
+@pytest.mark.parametrize("mode", ["mirror", "flips", "d4"])
 def test_equivariant_model_is_unchanged_by_tta(mode):
     """A per-pixel model commutes with every flip/rotation: TTA must give the same output."""
     module = torch.nn.Conv2d(3, 4, 1)
@@ -102,8 +105,10 @@ def test_equivariant_model_is_unchanged_by_tta(mode):
 
 
 def test_unknown_tta_is_refused():
-    with pytest.raises(ConfigError, match="inference.tta must be one of none, flips, d4"):
+    with pytest.raises(ConfigError, match="inference.tta must be one of none, mirror, flips, d4"):
         InferenceConfig(tta="rot")
+    with pytest.raises(ModelError, match="model card tta 'rot' must be one of"):
+        dataclasses.replace(conv_model().card, tta="rot")
     with pytest.raises(ConfigError, match="inference.tta"):
         config_from_mapping({"inference": {"tta": "all"}})
     with pytest.raises(ConfigError, match="unknown --tta"):
@@ -124,6 +129,31 @@ def test_segment_with_tta(make_raster, tmp_path):
     # A 3x3 conv stack is not rotation-equivariant, so some pixels change, but most agree.
     changed = (plain_classes != d4_classes).mean()
     assert 0 < changed < 0.5
+
+
+def test_model_card_tta_is_the_default_and_an_explicit_tta_wins(make_raster, tmp_path):
+    scene = make_raster(height=90, width=100)
+    plain = conv_model(3, 4)
+    flips = SegmentationModel(plain.module, dataclasses.replace(plain.card, tta="flips"))
+    kw = {"tile_size": 64, "overlap": 16, "vectorize": False, "preview": False}
+
+    def run(name, model, **extra):
+        lines: list[str] = []
+        result = geoseg.segment(
+            scene, tmp_path / name, model=model, log=lines.append, **kw, **extra
+        )
+        with rasterio.open(result.classes_path) as ds:
+            classes = ds.read(1)
+        settings = json.loads((result.out_dir / "run.json").read_text())["settings"]
+        return classes, settings["tta"], " ".join(lines)
+
+    by_card, tta, log = run("card", flips)
+    assert tta == "flips" and "tta flips x4" in log
+    asked, tta, _ = run("asked", plain, tta="flips")
+    assert tta == "flips" and np.array_equal(by_card, asked)
+    off, tta, log = run("off", flips, tta="none")
+    assert tta == "none" and "tta" not in log.split("cpu (")[-1].split(")")[0]
+    assert np.array_equal(off, run("plain", plain)[0]) and not np.array_equal(off, by_card)
 
 
 def test_cli_tta_option(tiny_checkpoint, make_raster, tmp_path):

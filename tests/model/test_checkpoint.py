@@ -97,6 +97,12 @@ def test_card_round_trip_and_summary():
         ModelCard.from_dict({**c.to_dict(), "colour": 1})
     with pytest.raises(ModelError, match="3 bands but 2 means"):
         card(mean=(1.0, 2.0))
+    assert "tta:" not in text  # a card without a test-time augmentation says nothing of it
+    mirrored = card(tta="mirror")
+    assert ModelCard.from_dict(mirrored.to_dict()) == mirrored
+    assert "tta:          mirror (run by default; --tta none turns it off)" in mirrored.summary()
+    # cards written before the field existed load with tta None
+    assert ModelCard.from_dict({k: v for k, v in c.to_dict().items() if k != "tta"}).tta is None
 
 
 def test_checkpoint_round_trip_half_precision(tmp_path):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import json
 from pathlib import Path
 from typing import Any
 
@@ -25,8 +26,8 @@ from geoseg.training.label_encoding import LabelEncoding, encode_labels, encodin
 from geoseg.training.prepare import logit_offsets
 from geoseg.training.schedule import lr_factor, restart_from_step
 from geoseg.training.task import GeosegSegmentationTask
-from geoseg.training.train import load_config, load_data, train
-from tests.conftest import DATA, write_raster
+from geoseg.training.train import export_checkpoint, load_config, load_data, train
+from tests.conftest import DATA, conv_model, write_raster
 
 ROOT = Path(__file__).resolve().parents[2]
 DUBAI = DATA / "dubai"
@@ -54,6 +55,7 @@ def dubai_config(tmp_path: Path) -> dict[str, Any]:
 
 def test_train_resume_export_and_segment_round_trip(tmp_path: Path) -> None:
     cfg = dubai_config(tmp_path)
+    cfg["model"]["tta"] = "mirror"  # recorded in the card: the exported model's default TTA
     first = train(cfg, stop_after=2)
     assert first.steps == 2 and first.exported is not None
     assert first.last_checkpoint is not None
@@ -73,7 +75,7 @@ def test_train_resume_export_and_segment_round_trip(tmp_path: Path) -> None:
     card = model.card
     assert card.classes.names == ["building", "land", "road", "vegetation", "water"]
     assert card.bands == ("red", "green", "blue") and card.dtype == "uint8"
-    assert card.ignore_index == 255 and card.tile_size == 256
+    assert card.ignore_index == 255 and card.tile_size == 256 and card.tta == "mirror"
     assert "public domain" in card.data_source
     assert card.metrics["split"] == "whole held-out groups tile_2"
     assert 0.0 <= card.metrics["miou"] <= 1.0
@@ -89,6 +91,9 @@ def test_train_resume_export_and_segment_round_trip(tmp_path: Path) -> None:
     # the Lightning checkpoint alone loads too (it carries the card)
     from_ckpt = load_model(second.best_checkpoint)
     assert from_ckpt.card.classes == card.classes
+    # a finished run exported again with another default TTA: same weights, the card's tta set
+    flips, _ = export_checkpoint(second.best_checkpoint, tmp_path / "flips.pt", tta="flips")
+    assert load_model(tmp_path / "flips.pt").card.tta == "flips" and flips.card.tta == "flips"
     # prior correction (on by default with class-weighted ce): -log(weight) per class, largest
     # for the most frequent class, folded into the head's bias when the checkpoint is loaded
     offsets = card.training["logit_offsets"]
@@ -113,6 +118,7 @@ def test_train_resume_export_and_segment_round_trip(tmp_path: Path) -> None:
         assert ds.colormap(1)[0][:3] == card.classes.by_id(0).color
     assert classes.shape == (544, 509)
     assert set(np.unique(classes)) <= {0, 1, 2, 3, 4}
+    assert json.loads((result.out_dir / "run.json").read_text())["settings"]["tta"] == "mirror"
 
 
 def test_config_errors_name_the_key(tmp_path: Path) -> None:
@@ -146,6 +152,7 @@ def test_config_errors_name_the_key(tmp_path: Path) -> None:
         (("data", "labels"), [{"value": 1, "classes": "grass"}], "'grass' is not a class"),
         (("data", "labels"), [{"classes": "land"}], "exactly one of"),
         (("model", "encoder_weights"), "hub", "model.encoder_weights"),
+        (("model", "tta"), "rot90", "model.tta must be one of none, mirror, flips, d4"),
         (("data", "labels"), [{"mask_color": [1, 2], "classes": "land"}], r"\[r, g, b\]"),
         (("data", "labels"), [{"value": "x", "classes": "land"}], "integer mask value"),
     ]
@@ -598,3 +605,20 @@ def test_hue_shift_changes_only_the_chosen_classes_pixels() -> None:
         HueShift((2,), degrees=0)
     with pytest.raises(TrainingError, match="at least one class"):
         HueShift(())
+
+
+def test_average_weights_is_the_weighted_mean_and_refuses_another_legend() -> None:
+    from geoseg.training.export import average_weights
+
+    a, b = conv_model(3, 4, seed=0), conv_model(3, 4, seed=1)
+    before = {k: v.clone() for k, v in a.module.state_dict().items()}
+    average_weights(a, b, 0.25)
+    for k, v in a.module.state_dict().items():
+        expected = 0.75 * before[k] + 0.25 * b.module.state_dict()[k]
+        torch.testing.assert_close(v, expected)
+    with pytest.raises(ConfigError, match="another legend"):
+        average_weights(a, conv_model(3, 5), 0.5)
+    with pytest.raises(ConfigError, match="model.init_average needs model.init"):
+        cfg = dubai_config(Path("/tmp"))
+        cfg["model"]["init_average"] = 0.5
+        load_config(cfg)
