@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any
 
-from geoseg.config import RunConfig, load_config, resolve_tta
+from geoseg.config import RunConfig, load_config
 from geoseg.engine.loop import Engine, Log, local_engine
 from geoseg.engine.plan import (
     RunPlan,
@@ -363,7 +363,7 @@ def _write_run_json(tmp_dir: Path, run: RunPlan, device: str) -> None:
         "overlap": run.overlap,
         "bands": list(run.bands),
         "device": device,
-        "tta": resolve_tta(run.cfg.inference.tta, card.tta),
+        "tta": run.tta,
         "resolution": run.cfg.tiling.resolution,
         "scene_gsd": run.read_grid.scene_gsd,
         **run.read_grid.settings(),

@@ -59,6 +59,11 @@ class RunPlan:
     overlap: int
     block: int  # the output rasters' block size
 
+    @property
+    def tta(self) -> str:
+        """The test-time augmentation the run uses: the one asked for, else the model card's."""
+        return resolve_tta(self.cfg.inference.tta, self.model.card.tta)
+
     def tile_job(self, scene: str, rows_done: int) -> TileJob:
         """What the engine runs over ``scene``; a resumed run starts at its first unwritten row."""
         from geoseg.engine.loop import TileJob
@@ -216,7 +221,7 @@ def open_partial(plan: RunPlan, *, resume: bool, say: Log) -> PartialRun:
         "block_size": plan.block,
         **plan.read_grid.settings(),
         **{k: v for k, v in dataclasses.asdict(inf).items() if k not in unrelated},
-        "tta": resolve_tta(inf.tta, card.tta),
+        "tta": plan.tta,
     }
     fingerprint = {
         "scene": scene_fingerprint(info, plan.scene.members),

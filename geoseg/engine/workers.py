@@ -14,6 +14,8 @@ from typing import TYPE_CHECKING, Any
 
 from distributed.diagnostics.plugin import WorkerPlugin
 
+from geoseg.config import resolve_tta
+
 if TYPE_CHECKING:
     from geoseg.config import InferenceConfig
     from geoseg.engine.inference import Predictor
@@ -59,11 +61,12 @@ class GeosegWorkerPlugin(WorkerPlugin):
         """The cached predictor for this model and settings, created on first use."""
         from geoseg.engine.inference import Predictor
 
-        key = (model_key, inference.device, inference.precision, inference.tta)
+        tta = resolve_tta(inference.tta, model.card.tta)
+        key = (model_key, inference.device, inference.precision, tta)
         with self._lock:
             if key not in self._predictors:
                 self._predictors[key] = Predictor(
-                    model, inference.device, inference.precision, tta=inference.tta
+                    model, inference.device, inference.precision, tta=tta
                 )
             return self._predictors[key]
 

@@ -81,10 +81,10 @@ class ModelCard:
                 f"model card tile_overlap {self.tile_overlap} must lie in 0..{self.tile_size // 2} "
                 "(at most half the tile size)"
             )
-
         if self.tta is not None and self.tta not in TTA_MODES:
             raise ModelError(
-                f"model card tta {self.tta!r} must be one of {', '.join(TTA_MODES)} or null"
+                f"model card tta {self.tta!r} must be one of {', '.join(TTA_MODES)} or null; "
+                "export the model again with a valid model.tta"
             )
 
     @property

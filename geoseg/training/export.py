@@ -170,6 +170,21 @@ def export_checkpoint(
     return model, metrics
 
 
+def check_same_legend(init: SegmentationModel, names: Sequence[str]) -> None:
+    """Refuse ``model.init_average`` with an init model of another legend than ``names``.
+
+    Raises:
+        ConfigError: saying to drop ``model.init_average`` or to start from a model with the
+            config's legend.
+    """
+    if list(init.card.classes.names) != list(names):
+        raise ConfigError(
+            f"model.init_average: {init.card.name} has another legend than the trained model; "
+            "weights can only be averaged between the same network and legend (set "
+            "model.init_average to 0, or give a model.init with the config's classes)"
+        )
+
+
 def average_weights(model: SegmentationModel, other: SegmentationModel, share: float) -> None:
     """Set ``model``'s weights to ``(1 - share) * model + share * other``, in place.
 
@@ -181,11 +196,7 @@ def average_weights(model: SegmentationModel, other: SegmentationModel, share: f
     Raises:
         ConfigError: when the two are not the same network with the same legend.
     """
-    if list(other.card.classes.names) != list(model.card.classes.names):
-        raise ConfigError(
-            f"model.init_average: {other.card.name} has another legend than the trained model; "
-            "weights can only be averaged between the same network and legend"
-        )
+    check_same_legend(other, model.card.classes.names)
     source = copy.deepcopy(other.module)
     theirs = other.card.training.get("logit_offsets")
     ours = model.card.training.get("logit_offsets")

@@ -30,7 +30,7 @@ from geoseg.training.augment import HueShift
 from geoseg.training.checkpoints import load_init_model
 from geoseg.training.config import DataConfig, TrainConfig
 from geoseg.training.datasets import RandomCropDataset, WholeImageDataset
-from geoseg.training.export import build_card
+from geoseg.training.export import build_card, check_same_legend
 from geoseg.training.label_encoding import encoding_from_classes, encoding_from_labels
 
 # The run's logger (train.log): every training module logs under the same name.
@@ -70,6 +70,8 @@ def prepare_data(cfg: TrainConfig) -> PreparedData:
         for group, n, px in train_data.iter_groups(chosen):
             log.info("%s: %s  %d images  %.2f Mpx", side, group, n, px / 1e6)
     init = load_init_model(cfg.model.init) if cfg.model.init is not None else None
+    if init is not None and cfg.model.init_average:
+        check_same_legend(init, cfg.classes.names)  # before the training, not at its export
     mean, std = _normalisation(cfg, items[0], train_items, init)
     freq, weights, offsets = _loss_weights(cfg, train_items)
     log.info("band mean %s std %s", _r(mean), _r(std))

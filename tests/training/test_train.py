@@ -23,7 +23,7 @@ from geoseg.training.augment import HueShift, hue_rotation, jitter_colors
 from geoseg.training.checkpoints import initialize_from
 from geoseg.training.datasets import RandomCropDataset
 from geoseg.training.label_encoding import LabelEncoding, encode_labels, encoding_from_classes
-from geoseg.training.prepare import logit_offsets
+from geoseg.training.prepare import logit_offsets, prepare_data
 from geoseg.training.schedule import lr_factor, restart_from_step
 from geoseg.training.task import GeosegSegmentationTask
 from geoseg.training.train import export_checkpoint, load_config, load_data, train
@@ -607,7 +607,7 @@ def test_hue_shift_changes_only_the_chosen_classes_pixels() -> None:
         HueShift(())
 
 
-def test_average_weights_is_the_weighted_mean_and_refuses_another_legend() -> None:
+def test_average_weights_is_the_weighted_mean_and_refuses_another_legend(tmp_path: Path) -> None:
     from geoseg.training.export import average_weights
 
     a, b = conv_model(3, 4, seed=0), conv_model(3, 4, seed=1)
@@ -618,7 +618,11 @@ def test_average_weights_is_the_weighted_mean_and_refuses_another_legend() -> No
         torch.testing.assert_close(v, expected)
     with pytest.raises(ConfigError, match="another legend"):
         average_weights(a, conv_model(3, 5), 0.5)
+    cfg = dubai_config(tmp_path)
+    cfg["model"]["init_average"] = 0.5
     with pytest.raises(ConfigError, match="model.init_average needs model.init"):
-        cfg = dubai_config(Path("/tmp"))
-        cfg["model"]["init_average"] = 0.5
         load_config(cfg)
+    # an init model of another legend is refused before any training step, not at the export
+    cfg["model"]["init"] = "default"  # the shipped model: six classes, the config has five
+    with pytest.raises(ConfigError, match="another legend.*model.init_average to 0"):
+        prepare_data(load_config(cfg))
