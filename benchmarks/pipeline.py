@@ -42,12 +42,25 @@ import torch  # noqa: E402
 from models import KINDS, benchmark_model  # noqa: E402
 from synthetic import build_mosaic  # noqa: E402
 
+from geoseg.config import TTA_MODES, resolve_tta  # noqa: E402
+
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
-def model_only(model: Any, scene: Path, tile: int, overlap: int, batch: int) -> dict[str, float]:
-    """Forward time over the pipeline's own batches (read and normalised beforehand)."""
-    from geoseg.engine.inference import Normaliser, Predictor, read_batches
+def model_only(
+    model: Any, scene: Path, tile: int, overlap: int, batch: int, tta: str
+) -> dict[str, float]:
+    """Forward time over the pipeline's own batches (read and normalised beforehand).
+
+    With test-time augmentation, every view of a batch the pipeline runs is run here too.
+    """
+    from geoseg.engine.inference import (
+        TTA_TRANSFORMS,
+        Normaliser,
+        Predictor,
+        read_batches,
+        tta_forward,
+    )
     from geoseg.engine.tiling import make_grid
     from geoseg.io.read import TileReader
 
@@ -59,20 +72,21 @@ def model_only(model: Any, scene: Path, tile: int, overlap: int, batch: int) -> 
             for b in read_batches(list(grid), reader.read, Normaliser(card.mean, card.std), batch)
             if b.run
         ]
-    predictor = Predictor(model, "auto")
+    predictor = Predictor(model, "auto", tta=tta)
     forward = softmax = cpu = 0.0
     with torch.inference_mode():
         for inputs in batches:
-            x = torch.from_numpy(inputs).to(predictor.device)
-            _sync(predictor.device)
-            c0, t0 = time.process_time(), time.perf_counter()
-            logits = predictor.module(x)
-            _sync(predictor.device)
-            t1, c1 = time.perf_counter(), time.process_time()
-            torch.softmax(logits.float(), dim=1).cpu().numpy()
-            forward += t1 - t0
-            cpu += c1 - c0
-            softmax += time.perf_counter() - t1
+            for turns, mirror in TTA_TRANSFORMS[tta]:
+                x = tta_forward(torch.from_numpy(inputs), turns, mirror).to(predictor.device)
+                _sync(predictor.device)
+                c0, t0 = time.process_time(), time.perf_counter()
+                logits = predictor.module(x)
+                _sync(predictor.device)
+                t1, c1 = time.perf_counter(), time.process_time()
+                torch.softmax(logits.float(), dim=1).cpu().numpy()
+                forward += t1 - t0
+                cpu += c1 - c0
+                softmax += time.perf_counter() - t1
     return {"model": forward, "model_cpu": cpu, "softmax": softmax, "tiles": float(len(grid)),
             "batches": float(len(batches))}  # fmt: skip
 
@@ -83,8 +97,9 @@ def _sync(device: torch.device) -> None:
 
 
 def pipeline_run(
-    model: Any, scene: Path, out: Path, tile: int, overlap: int, batch: int, vectorize: bool
-) -> dict[str, float]:
+    model: Any, scene: Path, out: Path, tile: int, overlap: int, batch: int, vectorize: bool,
+    tta: str,
+) -> dict[str, float]:  # fmt: skip
     """One ``segment`` call; its timings."""
     import geoseg
     from geoseg.engine.loop import local_engine
@@ -102,7 +117,7 @@ def pipeline_run(
     shutil.rmtree(out, ignore_errors=True)
     result = geoseg.segment(
         scene, out, model=model, tile_size=tile, overlap=overlap, batch_size=batch,
-        vectorize=vectorize, preview=True, overwrite=True, engine=timed_engine,
+        vectorize=vectorize, preview=True, overwrite=True, engine=timed_engine, tta=tta,
     )  # fmt: skip
     timings = dict(result.timings)
     timings["tiles_cpu"] = cpu[0]
@@ -129,6 +144,9 @@ def main(argv: list[str] | None = None) -> int:
         "--model", default="resnet18", help=f"{', '.join(KINDS)} or a checkpoint (models.py)"
     )
     parser.add_argument("--torch-threads", type=int, help="set torch's thread count")
+    parser.add_argument(
+        "--tta", choices=TTA_MODES, help="test-time augmentation (default: the model card's)"
+    )
     parser.add_argument("--vectorize", action="store_true", help="also time the GeoPackage")
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/geoseg-bench"))
     parser.add_argument("--tag", default="", help="suffix of the JSON file name")
@@ -138,13 +156,14 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.torch_threads)
     scene = build_mosaic(args.workdir / f"mosaic_{args.size}.tif", args.size)
     model = benchmark_model(args.model)
+    tta = resolve_tta(args.tta, model.card.tta)
     warm_up(model, args.tile, args.batch)
     runs: list[dict[str, float]] = []
     for i in range(args.repeat):
-        only = model_only(model, scene, args.tile, args.overlap, args.batch)
+        only = model_only(model, scene, args.tile, args.overlap, args.batch, tta)
         seg = pipeline_run(
             model, scene, args.workdir / "pipeline_out", args.tile, args.overlap, args.batch,
-            args.vectorize,
+            args.vectorize, tta,
         )  # fmt: skip
         run = {**only, **{f"segment_{k}": v for k, v in seg.items()}}
         run["segment_wait"] = seg["tiles"] - seg["inference"]
@@ -182,7 +201,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"scene {args.size}x{args.size} px ({mpx:.1f} Mpx), {int(med['tiles'])} tiles of "
           f"{args.tile} px, overlap {args.overlap}, batch {args.batch}, {model.card.arch}/"
           f"{model.card.encoder}, {device}, torch threads {torch.get_num_threads()}, "
-          f"median of {args.repeat}")  # fmt: skip
+          f"tta {tta}, median of {args.repeat}")  # fmt: skip
     print(f"{'step':<55}{'seconds':>10}")
     for name, value in rows:
         print(f"{name:<55}{value:>10.2f}")
@@ -196,7 +215,8 @@ def main(argv: list[str] | None = None) -> int:
           f"{mpx_s * 3600 * 100:.0f} km²/h at 10 m")  # fmt: skip
 
     RESULTS.mkdir(exist_ok=True)
-    kind = Path(args.model).stem if args.model.endswith((".pt", ".ckpt")) else args.model
+    kind = Path(args.model).stem if args.model.endswith((".pt", ".ckpt", ".onnx")) else args.model
+    kind += f"_tta_{tta}" if tta != "none" else ""
     out = (
         RESULTS / f"pipeline_{args.size}_{Path(kind).stem}{'_' + args.tag if args.tag else ''}.json"
     )
@@ -205,7 +225,7 @@ def main(argv: list[str] | None = None) -> int:
         "settings": {"tile": args.tile, "overlap": args.overlap, "batch": args.batch,
                      "arch": model.card.arch, "encoder": model.card.encoder,
                      "device": device, "torch_threads": torch.get_num_threads(),
-                     "repeat": args.repeat},
+                     "repeat": args.repeat, "tta": tta},
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
                     "torch": torch.__version__, "load_avg": os.getloadavg()},
         "ratio_of_minima": ratio_min, "best_model_s": best_model, "best_tiles_s": best_tiles,

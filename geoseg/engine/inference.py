@@ -79,9 +79,9 @@ def tta_inverse(y: torch.Tensor, turns: int, mirror: bool) -> torch.Tensor:
 class Predictor:
     """Runs a :class:`SegmentationModel` on batches of normalised tiles and returns probabilities.
 
-    With test-time augmentation (``tta`` ``flips`` or ``d4``) each batch is also run transformed;
-    every output is transformed back and the softmax probabilities are averaged, so the cost is 4
-    or 8 forward passes per tile.
+    With test-time augmentation (``tta`` ``mirror``, ``flips`` or ``d4``; None: the model card's
+    default, else none) each batch is also run transformed; every output is transformed back and
+    the softmax probabilities are averaged, so the cost is 2, 4 or 8 forward passes per tile.
     """
 
     def __init__(

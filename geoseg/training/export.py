@@ -20,6 +20,8 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
+from geoseg.config import resolve_tta
+from geoseg.engine.inference import TTA_TRANSFORMS, tta_forward, tta_inverse
 from geoseg.errors import ConfigError
 from geoseg.model import (
     ModelCard,
@@ -139,13 +141,16 @@ def export_checkpoint(
     """Turn a Lightning checkpoint of this trainer into a geoseg checkpoint (float16 by default).
 
     When ``val_items`` are given, the exported weights (after the float16 round trip) are scored
-    on them as whole images and the metrics go into the model card. ``tta`` sets the card's
+    on them as whole images, with the card's test-time augmentation (what ``geoseg run`` does by
+    default), and the metrics go into the model card. ``tta`` sets the card's
     default test-time augmentation (None: the checkpoint card's); it changes no weight, so a
     finished run can be exported again with another. ``average_with`` ``(init, share)`` exports
     ``share`` of ``init``'s weights plus the rest of the trained ones (see
     :func:`average_weights`).
     """
     model = load_model(lightning_ckpt)
+    if tta:
+        model = SegmentationModel(model.module, dataclasses.replace(model.card, tta=tta))
     card = model.card
     if average_with is not None and average_with[1] > 0:
         average_weights(model, *average_with)
@@ -162,9 +167,7 @@ def export_checkpoint(
         log.info("exported model on held-out images: %s", json.dumps(metrics))
     training = dict(card.training)
     training.update(training_info or {})
-    card = dataclasses.replace(
-        card, metrics=metrics or dict(card.metrics), training=training, tta=tta or card.tta
-    )
+    card = dataclasses.replace(card, metrics=metrics or dict(card.metrics), training=training)
     model = SegmentationModel(model.module, card)
     save_checkpoint(model, out_path, half=half)
     return model, metrics
@@ -220,7 +223,11 @@ def average_weights(model: SegmentationModel, other: SegmentationModel, share: f
 def held_out_metrics(
     model: SegmentationModel, items: Sequence[train_data.LabelledImage]
 ) -> dict[str, Any]:
-    """The model card's metrics: whole held-out images, per region and pooled, legend and coarse."""
+    """The model card's metrics: whole held-out images, per region and pooled, legend and coarse.
+
+    Scored with the card's default test-time augmentation (``tta`` in the metrics), as
+    ``geoseg run`` predicts.
+    """
     card = model.card
     names = card.classes.names
     coarse = dict(card.training.get("coarse") or {})
@@ -245,6 +252,7 @@ def held_out_metrics(
     per_region = {r: score_whole_images(model, group) for r, group in sorted(by_region.items())}
     metrics: dict[str, Any] = {
         "split": "whole held-out groups " + ", ".join(sorted({i.group for i in items})),
+        "tta": resolve_tta(None, card.tta),
         **scores(sum(per_region.values(), np.zeros((len(names),) * 2, np.int64))),
     }
     if len(per_region) > 1:
@@ -264,9 +272,12 @@ def score_whole_images(
 ) -> npt.NDArray[np.int64]:
     """Confusion matrix of ``model`` on whole images (each padded to the output stride).
 
-    Set-valued labels count as right where the prediction is one of their classes.
+    Set-valued labels count as right where the prediction is one of their classes. With the
+    card's test-time augmentation, the softmax probabilities of the transformed views are
+    averaged (as :class:`geoseg.engine.inference.Predictor` does).
     """
     card = model.card
+    views = TTA_TRANSFORMS[resolve_tta(None, card.tta)]
     k = card.num_classes
     sets = card_label_sets(card)
     dataset = WholeImageDataset(items, card.mean, card.std, stride=card.output_stride)
@@ -275,7 +286,12 @@ def score_whole_images(
     with torch.inference_mode():
         for i in range(len(dataset)):
             sample = dataset[i]
-            pred = module(sample["image"][None]).argmax(dim=1)[0].numpy().astype(np.uint8)
+            image = sample["image"][None]
+            probs = torch.zeros(())
+            for turns, flip in views:
+                logits = module(tta_forward(image, turns, flip))
+                probs = probs + tta_inverse(torch.softmax(logits, dim=1), turns, flip)
+            pred = probs.argmax(dim=1)[0].numpy().astype(np.uint8)
             truth = sets.resolve(sample["mask"].numpy().astype(np.uint8), pred)
             cm += seg_metrics.confusion_matrix(truth, pred, k)
     return cm

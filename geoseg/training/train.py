@@ -297,11 +297,25 @@ def _export(
             "device": str(trainer.strategy.root_device),
             "torch_threads": torch.get_num_threads(),
             **({"init_average": cfg.model.init_average} if cfg.model.init_average else {}),
+            **_seconds_with_init(data, task.train_seconds),
         },
         tta=cfg.model.tta,
         average_with=(data.init, cfg.model.init_average) if data.init is not None else None,
     )
     return metrics
+
+
+def _seconds_with_init(data: PreparedData, seconds: float) -> dict[str, int]:
+    """``seconds_with_init``: this run's training time plus its init model's, when that is known.
+
+    A fine-tuned model's card then tells the whole training cost, not only the last stage's.
+    """
+    if data.init is None:
+        return {}
+    before = data.init.card.training.get(
+        "seconds_with_init", data.init.card.training.get("seconds")
+    )
+    return {"seconds_with_init": round(float(before) + seconds)} if before is not None else {}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

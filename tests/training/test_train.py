@@ -78,6 +78,7 @@ def test_train_resume_export_and_segment_round_trip(tmp_path: Path) -> None:
     assert card.ignore_index == 255 and card.tile_size == 256 and card.tta == "mirror"
     assert "public domain" in card.data_source
     assert card.metrics["split"] == "whole held-out groups tile_2"
+    assert card.metrics["tta"] == "mirror"  # scored as geoseg run predicts by default
     assert 0.0 <= card.metrics["miou"] <= 1.0
     assert card.training["steps"] == 4 and card.training["exported_step"] in (2, 3, 4)
     # training time adds up over the resumed sessions
@@ -409,6 +410,10 @@ def test_fine_tune_from_the_default_model(tmp_path: Path) -> None:
     assert "model.encoder_weights is unused" in log
     tuned = load_model(tmp_path / "model.pt")
     assert tuned.card.training["init"] == f"{default.card.name} (default)"
+    # the whole training cost: the default model's (itself fine-tuned) plus this run's
+    earlier = default.card.training
+    total = earlier.get("seconds_with_init", earlier["seconds"]) + tuned.card.training["seconds"]
+    assert abs(tuned.card.training["seconds_with_init"] - total) <= 1
     # the default model's normalisation, not statistics of the excerpt
     assert tuned.card.mean == default.card.mean and tuned.card.std == default.card.std
     # lr 0 (AdamW scales weight decay by it too): the default's weights, except that its folded
