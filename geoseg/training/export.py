@@ -21,7 +21,7 @@ import numpy.typing as npt
 import torch
 
 from geoseg.config import resolve_tta
-from geoseg.engine.inference import TTA_TRANSFORMS, tta_forward, tta_inverse
+from geoseg.engine.inference import Predictor
 from geoseg.errors import ConfigError
 from geoseg.model import (
     ModelCard,
@@ -272,28 +272,22 @@ def score_whole_images(
 ) -> npt.NDArray[np.int64]:
     """Confusion matrix of ``model`` on whole images (each padded to the output stride).
 
-    Set-valued labels count as right where the prediction is one of their classes. With the
-    card's test-time augmentation, the softmax probabilities of the transformed views are
-    averaged (as :class:`geoseg.engine.inference.Predictor` does).
+    Set-valued labels count as right where the prediction is one of their classes. Predicted
+    by :class:`geoseg.engine.inference.Predictor`, as ``geoseg run`` predicts: with the card's
+    test-time augmentation.
     """
     card = model.card
-    views = TTA_TRANSFORMS[resolve_tta(None, card.tta)]
     k = card.num_classes
     sets = card_label_sets(card)
     dataset = WholeImageDataset(items, card.mean, card.std, stride=card.output_stride)
     cm = np.zeros((k, k), dtype=np.int64)
-    module = model.module.eval()
-    with torch.inference_mode():
-        for i in range(len(dataset)):
-            sample = dataset[i]
-            image = sample["image"][None]
-            probs = torch.zeros(())
-            for turns, flip in views:
-                logits = module(tta_forward(image, turns, flip))
-                probs = probs + tta_inverse(torch.softmax(logits, dim=1), turns, flip)
-            pred = probs.argmax(dim=1)[0].numpy().astype(np.uint8)
-            truth = sets.resolve(sample["mask"].numpy().astype(np.uint8), pred)
-            cm += seg_metrics.confusion_matrix(truth, pred, k)
+    predictor = Predictor(model, device="cpu")
+    for i in range(len(dataset)):
+        sample = dataset[i]
+        probs = predictor.predict(sample["image"][None].numpy())
+        pred = probs.argmax(axis=1)[0].astype(np.uint8)
+        truth = sets.resolve(sample["mask"].numpy().astype(np.uint8), pred)
+        cm += seg_metrics.confusion_matrix(truth, pred, k)
     return cm
 
 
