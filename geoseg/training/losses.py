@@ -1,4 +1,4 @@
-"""Training losses that torchgeo does not have: cross-entropy for set-valued labels.
+"""Training losses that torchgeo does not have: cross-entropy and Dice for set-valued labels.
 
 Imported only by training (it imports torch at the top).
 """
@@ -47,3 +47,53 @@ class SetCrossEntropy(torch.nn.Module):
         if total == 0:
             return logits.sum() * 0.0
         return ((everything - members) * w).sum() / total
+
+
+class SetDice(torch.nn.Module):
+    """Soft Dice loss where a label may be a set of classes, as smp's multiclass ``DiceLoss``.
+
+    A single-class pixel's target is its class; a set pixel's target is the member the network
+    ranks first (held fixed, no gradient), which is how scoring counts a set pixel
+    (:meth:`LabelSets.resolve`): right when the prediction is any member. Sums run over the whole
+    batch; the loss is the mean over classes of ``1 - Dice``, with classes absent from the
+    batch's targets counted as 0, and :data:`IGNORE_INDEX` pixels skipped, all as in
+    ``segmentation_models_pytorch.losses.DiceLoss(mode="multiclass")``, which this equals on
+    labels without sets.
+    """
+
+    def __init__(self, label_sets: LabelSets, smooth: float = 0.0, eps: float = 1e-7) -> None:
+        super().__init__()
+        membership = torch.from_numpy(label_sets.membership())
+        self.register_buffer("membership", membership, persistent=False)
+        self.smooth, self.eps = float(smooth), float(eps)
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """The loss over labelled pixels; ``logits`` ``(N, K, H, W)``, ``target`` ``(N, H, W)``."""
+        membership: torch.Tensor = self.membership  # type: ignore[assignment]
+        valid = (target != IGNORE_INDEX) & (target >= 0) & (target < membership.shape[0])
+        codes = torch.where(valid, target, torch.zeros_like(target))
+        allowed = membership[codes].permute(0, 3, 1, 2)  # (N, K, H, W)
+        logits = logits.float()
+        pick = logits.detach().masked_fill(~allowed, float("-inf")).argmax(dim=1)
+        mask = valid.unsqueeze(1).to(logits.dtype)
+        truth = torch.nn.functional.one_hot(pick, logits.shape[1]).permute(0, 3, 1, 2) * mask
+        probs = torch.softmax(logits, dim=1) * mask
+        dims = (0, 2, 3)
+        overlap = (probs * truth).sum(dims)
+        size = probs.sum(dims) + truth.sum(dims)
+        dice = (2 * overlap + self.smooth) / (size + self.smooth).clamp_min(self.eps)
+        present = (truth.sum(dims) > 0).to(dice.dtype)
+        return ((1 - dice) * present).mean()
+
+
+class SetCrossEntropyDice(torch.nn.Module):
+    """:class:`SetCrossEntropy` (weighted) plus :class:`SetDice`: the ``ce+dice`` loss for sets."""
+
+    def __init__(self, label_sets: LabelSets, weights: Sequence[float] | None = None) -> None:
+        super().__init__()
+        self.ce = SetCrossEntropy(label_sets, weights)
+        self.dice = SetDice(label_sets)
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """The sum of the two losses."""
+        return self.ce(logits, target) + self.dice(logits, target)  # type: ignore[no-any-return]

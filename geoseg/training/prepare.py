@@ -174,17 +174,18 @@ def _loss_weights(
         ConfigError: when set-valued labels meet a loss that cannot learn them.
     """
     tc, sets = cfg.training, cfg.label_sets
-    if sets.sets and tc.loss != "ce":
+    if sets.sets and tc.loss not in ("ce", "ce+dice"):
         raise ConfigError(
             f"training.loss {tc.loss!r} cannot learn set-valued labels (data.labels entries "
-            "with several classes); use loss: ce, which becomes the set-valued cross-entropy"
+            "with several classes); use loss: ce or ce+dice, which become the set-valued "
+            "cross-entropy (plus the set-valued Dice loss)"
         )
     freq = train_data.class_frequencies(train_items, sets.num_codes)
     weights = _class_weights(tc.class_weights, freq, sets.num_codes)
     k = len(cfg.classes)
     offsets = (
         logit_offsets(weights[:k] if weights else None)
-        if tc.prior_correction and tc.loss == "ce"
+        if tc.prior_correction and tc.loss in ("ce", "ce+dice")
         else None
     )
     return freq, weights, offsets

@@ -24,7 +24,7 @@ from geoseg.model import canonical_arch, create_module
 from geoseg.training import metrics as seg_metrics
 from geoseg.training import schedule
 from geoseg.training.label_sets import IGNORE_INDEX, LabelSets, merge_confusion
-from geoseg.training.losses import SetCrossEntropy
+from geoseg.training.losses import SetCrossEntropy, SetCrossEntropyDice
 
 # The run's logger (train.log): every training module logs under the same name.
 log = logging.getLogger("geoseg.training.train")
@@ -107,11 +107,14 @@ class GeosegSegmentationTask(SemanticSegmentationTask):
         )
 
     def configure_losses(self) -> None:
-        """The loss: set-valued cross-entropy, torchgeo's ce/focal, or smp's dice/jaccard (+ ce)."""
+        """The loss: set-valued ce (+ Dice), torchgeo's ce/focal, or smp's dice/jaccard (+ ce)."""
         hp = self.hparams
         if hp.get("label_sets"):
             sets = LabelSets(int(hp["num_classes"]), tuple(map(tuple, hp["label_sets"])))
-            self.criterion = SetCrossEntropy(sets, hp["class_weights"])
+            if hp["loss"] == "ce+dice":
+                self.criterion = SetCrossEntropyDice(sets, hp["class_weights"])
+            else:
+                self.criterion = SetCrossEntropy(sets, hp["class_weights"])
             return
         if hp["loss"] not in ("dice", "jaccard", "ce+dice"):
             super().configure_losses()  # ce, focal: torchgeo's, with the ignore index

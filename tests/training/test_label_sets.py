@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from geoseg.training.label_sets import LabelSets, merge_confusion, with_sets
-from geoseg.training.losses import SetCrossEntropy
+from geoseg.training.losses import SetCrossEntropy, SetCrossEntropyDice, SetDice
 
 NAMES = ["building", "road", "water", "tree", "low_vegetation", "bare_land"]
 
@@ -77,3 +77,43 @@ def test_set_cross_entropy_equals_weighted_cross_entropy_on_single_labels():
     torch.testing.assert_close(ours, ce(logits, target))
     all_ignored = torch.full((1, 6, 6), 255)
     assert SetCrossEntropy(LabelSets(3))(logits[:1], all_ignored).item() == 0.0
+
+
+def test_set_dice_equals_smp_dice_on_single_labels():
+    smp = pytest.importorskip("segmentation_models_pytorch")
+    torch.manual_seed(2)
+    logits = torch.randn(3, 4, 6, 6)
+    target = torch.randint(0, 3, (3, 6, 6))  # class 3 is absent: it counts 0 in the mean
+    target[0, :2] = 255
+    reference = smp.losses.DiceLoss(mode="multiclass", ignore_index=255)
+    torch.testing.assert_close(SetDice(LabelSets(4))(logits, target), reference(logits, target))
+
+
+def test_set_dice_scores_a_set_pixel_as_its_top_member():
+    sets = LabelSets(3, ((1, 2),))
+    # confident predictions: class 0, then class 2 and class 1 on pixels labelled "1 or 2"
+    logits = torch.full((1, 3, 1, 3), -20.0)
+    logits[0, 0, 0, 0] = logits[0, 2, 0, 1] = logits[0, 1, 0, 2] = 20.0
+    as_set = torch.tensor([[[0, 3, 3]]])
+    as_members = torch.tensor([[[0, 2, 1]]])
+    loss = SetDice(sets)(logits, as_set)
+    torch.testing.assert_close(loss, SetDice(sets)(logits, as_members))
+    assert loss.item() < 1e-6  # every pixel right: no loss
+    # a set pixel predicted outside the set is an error
+    logits[0, :, 0, 1] = torch.tensor([20.0, -20.0, -20.0])
+    assert SetDice(sets)(logits, as_set).item() > 0.1
+
+
+def test_set_cross_entropy_dice_is_the_sum_and_skips_ignored_pixels():
+    torch.manual_seed(3)
+    sets = LabelSets(3, ((1, 2),))
+    weights = [1.0, 2.0, 0.5, 1.5]
+    logits = torch.randn(2, 3, 5, 5, requires_grad=True)
+    target = torch.randint(0, 4, (2, 5, 5))
+    target[:, :2] = 255
+    loss = SetCrossEntropyDice(sets, weights)(logits, target)
+    expected = SetCrossEntropy(sets, weights)(logits, target) + SetDice(sets)(logits, target)
+    torch.testing.assert_close(loss, expected)
+    loss.backward()
+    assert logits.grad is not None
+    assert torch.all(logits.grad[:, :, :2] == 0) and torch.any(logits.grad[:, :, 2:] != 0)

@@ -23,6 +23,7 @@ from geoseg.training.augment import HueShift, hue_rotation, jitter_colors
 from geoseg.training.checkpoints import initialize_from
 from geoseg.training.datasets import RandomCropDataset
 from geoseg.training.label_encoding import LabelEncoding, encode_labels, encoding_from_classes
+from geoseg.training.losses import SetCrossEntropyDice
 from geoseg.training.prepare import logit_offsets, prepare_data
 from geoseg.training.schedule import lr_factor, restart_from_step
 from geoseg.training.task import GeosegSegmentationTask
@@ -581,6 +582,18 @@ def test_set_valued_labels_need_the_cross_entropy(tmp_path: Path) -> None:
     cfg["training"]["loss"] = "dice"
     with pytest.raises(ConfigError, match="set-valued"):
         train(cfg)
+
+
+def test_set_valued_labels_train_with_ce_plus_dice() -> None:
+    task = GeosegSegmentationTask(
+        arch="unet",
+        backbone="mobilenet_v2",
+        num_classes=3,
+        loss="ce+dice",
+        class_weights=[1.0, 2.0, 0.5, 1.0],
+        label_sets=[[1, 2]],
+    )
+    assert isinstance(task.criterion, SetCrossEntropyDice)
 
 
 def test_hue_rotation_keeps_grey_and_brightness() -> None:
