@@ -33,8 +33,8 @@ from geoseg.types import PixelWindow
 EARTH_RADIUS = 6_371_008.8
 #: ``auto`` reads a scene finer than its own pixels by at most this factor per axis. 1: never.
 #: Up-sampling makes no detail, only pixels to compute, and measured on the 5 m NAIP sample with
-#: the default model it makes the map worse: water is 31 % of the map read natively (NDWI says
-#: 33 %), 16 % read at 3 m, 10 % at 2 m and 8 % at 1.49 m, the algal lakes turning into fields
+#: the default model (v2.3) it makes the map worse: water is 31 % of the map read natively (NDWI
+#: says 33 %), 16 % read at 3 m, 10 % at 2 m and 8 % at 1.49 m, the algal lakes turning into fields
 #: (benchmarks/resolution.py). A coarse scene is read natively, with a ResolutionWarning.
 MAX_AUTO_UPSAMPLING = 1.0
 
