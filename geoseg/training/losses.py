@@ -12,6 +12,19 @@ import torch
 from geoseg.training.label_sets import IGNORE_INDEX, LabelSets
 
 
+def _allowed_classes(
+    membership: torch.Tensor, target: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(valid, codes, allowed)`` of a ``(N, H, W)`` target of label codes.
+
+    ``valid``: pixels with a known code (not :data:`IGNORE_INDEX`); ``codes``: the target with
+    invalid pixels set to 0; ``allowed``: ``(N, K, H, W)``, the classes each pixel's code allows.
+    """
+    valid = (target != IGNORE_INDEX) & (target >= 0) & (target < membership.shape[0])
+    codes = torch.where(valid, target, torch.zeros_like(target))
+    return valid, codes, membership[codes].permute(0, 3, 1, 2)
+
+
 class SetCrossEntropy(torch.nn.Module):
     """Cross-entropy where a label may be a set of classes: ``-log sum_{k in S} p_k``.
 
@@ -36,9 +49,7 @@ class SetCrossEntropy(torch.nn.Module):
         """Mean loss over labelled pixels; ``logits`` ``(N, K, H, W)``, ``target`` ``(N, H, W)``."""
         membership: torch.Tensor = self.membership  # type: ignore[assignment]
         weights: torch.Tensor = self.weights  # type: ignore[assignment]
-        valid = (target != IGNORE_INDEX) & (target >= 0) & (target < membership.shape[0])
-        codes = torch.where(valid, target, torch.zeros_like(target))
-        allowed = membership[codes].permute(0, 3, 1, 2)  # (N, K, H, W)
+        valid, codes, allowed = _allowed_classes(membership, target)
         logits = logits.float()
         everything = torch.logsumexp(logits, dim=1)
         members = torch.logsumexp(logits.masked_fill(~allowed, float("-inf")), dim=1)
@@ -70,9 +81,7 @@ class SetDice(torch.nn.Module):
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """The loss over labelled pixels; ``logits`` ``(N, K, H, W)``, ``target`` ``(N, H, W)``."""
         membership: torch.Tensor = self.membership  # type: ignore[assignment]
-        valid = (target != IGNORE_INDEX) & (target >= 0) & (target < membership.shape[0])
-        codes = torch.where(valid, target, torch.zeros_like(target))
-        allowed = membership[codes].permute(0, 3, 1, 2)  # (N, K, H, W)
+        valid, _, allowed = _allowed_classes(membership, target)
         logits = logits.float()
         pick = logits.detach().masked_fill(~allowed, float("-inf")).argmax(dim=1)
         mask = valid.unsqueeze(1).to(logits.dtype)

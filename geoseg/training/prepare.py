@@ -35,6 +35,9 @@ from geoseg.training.label_encoding import encoding_from_classes, encoding_from_
 
 # The run's logger (train.log): every training module logs under the same name.
 log = logging.getLogger("geoseg.training.train")
+#: The losses with a set-valued form (``geoseg.training.losses``) and a class-weighted
+#: cross-entropy whose prior can be corrected at export.
+SET_LOSSES = ("ce", "ce+dice")
 
 
 @dataclass(frozen=True)
@@ -174,7 +177,7 @@ def _loss_weights(
         ConfigError: when set-valued labels meet a loss that cannot learn them.
     """
     tc, sets = cfg.training, cfg.label_sets
-    if sets.sets and tc.loss not in ("ce", "ce+dice"):
+    if sets.sets and tc.loss not in SET_LOSSES:
         raise ConfigError(
             f"training.loss {tc.loss!r} cannot learn set-valued labels (data.labels entries "
             "with several classes); use loss: ce or ce+dice, which become the set-valued "
@@ -185,7 +188,7 @@ def _loss_weights(
     k = len(cfg.classes)
     offsets = (
         logit_offsets(weights[:k] if weights else None)
-        if tc.prior_correction and tc.loss in ("ce", "ce+dice")
+        if tc.prior_correction and tc.loss in SET_LOSSES
         else None
     )
     return freq, weights, offsets
