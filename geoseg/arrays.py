@@ -33,6 +33,7 @@ from geoseg.errors import BandMismatchError, InputError
 if TYPE_CHECKING:
     from geoseg.io.read import SceneInfo
     from geoseg.model import ModelCard, SegmentationModel
+    from geoseg.types import ScaleSpec, Stretch
 
 #: Chunk edge (pixels) used for a numpy-backed array, and the size recommended for dask inputs:
 #: with 512 px tiles it costs about 1.3x the blending of a whole-scene run and no extra inference.
@@ -63,6 +64,7 @@ def segment_array(
     bands: Sequence[int | str] | None = None,
     probabilities: bool = False,
     tta: str | None = None,
+    scale: str | Sequence[float] | None = None,
 ) -> xr.Dataset:
     """Segment a scene held in a DataArray; the outputs of :func:`geoseg.segment` as a Dataset.
 
@@ -81,6 +83,10 @@ def segment_array(
             ``--bands``) or band names (``"red"``, ...); default: matched by name.
         probabilities: also return ``probabilities`` ``(class, y, x)``.
         tta: test-time augmentation: ``none``, ``mirror``, ``flips`` or ``d4``.
+        scale: how the array's values become the model's, as ``segment(scale=...)``: ``auto``
+            (default; an array read by rioxarray counts as its file's dtype, so a masked uint8
+            scene is fed as it is), ``none``, ``"LO,HI"`` (or a pair per band, e.g. a file run's
+            ``Stretch.as_scale()``) or ``"pN,pM"``. The attribute ``stretch`` records it.
 
     Returns:
         A Dataset on the input's ``y``/``x`` coordinates and CRS with ``classes`` (uint8, 255 =
@@ -96,26 +102,25 @@ def segment_array(
     from geoseg.engine.chunked import ChunkedJob, segment_chunks
     from geoseg.engine.journal import model_fingerprint
     from geoseg.engine.tiling import make_grid
-    from geoseg.io.read import select_bands
+    from geoseg.io.bands import select_bands
     from geoseg.model import SegmentationModel, load_model
     from geoseg.pipeline import resolve_config
 
     cfg = resolve_config(
         None, model=model, tile_size=tile_size, overlap=overlap, batch_size=batch_size,
-        device=device, probabilities=probabilities, tta=tta,
+        device=device, probabilities=probabilities, tta=tta, scale=scale,
     )  # fmt: skip
     seg_model = model if isinstance(model, SegmentationModel) else load_model(cfg.model)
     card = seg_model.card
     scene = _scene(data)
-    _check_dtype(scene.info, card)
     chosen = select_bands(scene.info, card.bands, _band_positions(scene.info, bands))
     _warn_outside_range(scene.info, card)
     tile, overlap_px = cfg.tiling.resolve(card.tile_size, card.tile_overlap)
     info = scene.info
     grid = make_grid(info.height, info.width, tile, overlap_px, multiple=card.output_stride)
-    job = ChunkedJob(grid, card, cfg.inference, info.nodata, cfg.output.probabilities)
-
     pixels = scene.pixels.data[[b - 1 for b in chosen]]
+    stretch = _stretch(scene, chosen, pixels, cfg.scale_spec, card)
+    job = ChunkedJob(grid, card, cfg.inference, info.nodata, cfg.output.probabilities, stretch)
     lazy = isinstance(pixels, da.Array)
     if not lazy:
         pixels = da.from_array(pixels, chunks=(-1, DEFAULT_CHUNK, DEFAULT_CHUNK))
@@ -125,7 +130,43 @@ def segment_array(
         from dask.base import compute
 
         outputs = list(compute(*outputs))
-    return _dataset(scene, card, outputs, chosen, tile=grid.rows.size, overlap=overlap_px)
+    ds = _dataset(scene, card, outputs, chosen, tile=grid.rows.size, overlap=overlap_px)
+    ds.attrs.update(scale=cfg.scale, stretch=json.dumps(stretch.to_dict() if stretch else None))
+    return ds
+
+
+def _stretch(
+    scene: _Scene, bands: Sequence[int], pixels: Any, spec: ScaleSpec, card: ModelCard
+) -> Stretch | None:
+    """The array's :class:`~geoseg.types.Stretch`, from the windows a file would be sampled at.
+
+    The array's dtype for the rules is its file's when rioxarray read it (``rasterio_dtype``:
+    a masked uint8 scene arrives as float32), else its own; GDAL's scale/offset come from the
+    ``scale_factor``/``add_offset`` attributes rioxarray leaves when it does not apply them.
+    """
+    import dask.array as da
+    from dask.base import compute
+
+    from geoseg.io.sample import sample_windows
+    from geoseg.io.stretch import BandFacts, BandSample, StretchInput, resolve_stretch
+
+    info, attrs = scene.info, scene.source.attrs
+    dtype = str(scene.source.encoding.get("rasterio_dtype", info.dtype))
+    scale, offset = float(attrs.get("scale_factor", 1.0)), float(attrs.get("add_offset", 0.0))
+    facts = tuple(BandFacts(info.band_names[b - 1], scale, offset) for b in bands)
+
+    def sample() -> BandSample:
+        windows = sample_windows(info.height, info.width)
+        cuts = [pixels[:, w.row_off : w.row_end, w.col_off : w.col_end] for w in windows]
+        if isinstance(pixels, da.Array):
+            cuts = list(compute(*cuts))
+        pieces = [(np.asarray(c), np.ones(c.shape[1:], dtype=bool)) for c in cuts]
+        size = f"{windows[0].width}x{windows[0].height} px"
+        where = f"{len(windows)} windows of {size}" if len(windows) > 1 else f"the array ({size})"
+        return BandSample.from_pixels(pieces, info.nodata, where)
+
+    scene_input = StretchInput(info.path, dtype, tuple(bands), facts, sample)
+    return resolve_stretch(spec, scene_input, card.input_spec)
 
 
 def _warn_outside_range(info: Any, card: Any) -> None:
@@ -263,7 +304,7 @@ def _band_names(pixels: xr.DataArray, band_dim: str) -> tuple[str, ...]:
 
 def _band_positions(info: SceneInfo, bands: Sequence[int | str] | None) -> list[int] | None:
     """``bands=`` as 1-based positions: ints stay, names are looked up among the band names."""
-    from geoseg.io.read import canonical_band_name
+    from geoseg.io.bands import canonical_band_name
 
     if bands is None:
         return None
@@ -283,15 +324,6 @@ def _band_positions(info: SceneInfo, bands: Sequence[int | str] | None) -> list[
         else:
             positions.append(int(band))
     return positions
-
-
-def _check_dtype(info: SceneInfo, card: ModelCard) -> None:
-    """Integer pixels must be the model's type; float pixels are taken in the model's units."""
-    if np.dtype(info.dtype).kind != "f" and info.dtype != card.dtype:
-        raise BandMismatchError(
-            f"the model expects {card.dtype} pixels but {info.path} holds {info.dtype}; "
-            f"convert it (e.g. data.astype('{card.dtype}') after scaling) or pass another model"
-        )
 
 
 def _dataset(

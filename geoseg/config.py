@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from geoseg.errors import ConfigError
+from geoseg.types import ScaleSpec
 
 T = TypeVar("T")
 
@@ -143,9 +144,20 @@ class RunConfig:
 
     model: str | None = None
     bands: tuple[int, ...] | None = None
+    # How scene values become the model's: auto | none | LO,HI (or a pair per band) | pN,pM;
+    # see geoseg.io.stretch. Kept in its canonical text (ScaleSpec.parse / str).
+    scale: str = "auto"
     tiling: TilingConfig = field(default_factory=TilingConfig)
     inference: InferenceConfig = field(default_factory=InferenceConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "scale", str(ScaleSpec.parse(self.scale)))
+
+    @property
+    def scale_spec(self) -> ScaleSpec:
+        """``scale`` parsed."""
+        return ScaleSpec.parse(self.scale)
 
     def replace(self, **sections: Mapping[str, Any]) -> RunConfig:
         """A copy with some fields of some sections changed; ``None`` values are ignored.

@@ -32,6 +32,10 @@ class BandMismatchError(InputError):
     """The scene's bands or dtype do not match what the model expects."""
 
 
+class ScaleError(InputError):
+    """A band's values cannot be mapped onto the model's (all nodata, NaN or constant)."""
+
+
 class ConfigError(GeosegError, ValueError):
     """A setting or configuration file is invalid; the message names the key."""
 
@@ -78,3 +82,7 @@ class AlphaBandWarning(GeosegWarning):
 
 class ResolutionWarning(GeosegWarning):
     """The scene is read at a pixel size outside the range the model was trained at."""
+
+
+class LowConfidenceWarning(GeosegWarning):
+    """Far more of the scene has low confidence than the model's held-out images had."""

@@ -19,6 +19,7 @@ from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any
 
 from geoseg.config import RunConfig, load_config
+from geoseg.engine.confidence import ConfidenceCheck, check_low_confidence
 from geoseg.engine.loop import Engine, Log, local_engine
 from geoseg.engine.plan import (
     RunPlan,
@@ -29,7 +30,7 @@ from geoseg.engine.plan import (
     plan_run,
 )
 from geoseg.errors import GeosegError, OutputError
-from geoseg.model import SegmentationModel
+from geoseg.model import ModelCard, SegmentationModel
 from geoseg.types import ClassTable
 
 if TYPE_CHECKING:
@@ -57,6 +58,8 @@ class SegmentResult:
     width: int
     height: int
     timings: dict[str, float] = field(default_factory=dict)
+    # Share of valid pixels under the card's low-confidence threshold (None: none valid).
+    low_confidence_share: float | None = None
 
     @property
     def megapixels_per_second(self) -> float:
@@ -101,6 +104,7 @@ class SegmentResult:
             "width": self.width,
             "height": self.height,
             "timings": self.timings,
+            "low_confidence_share": self.low_confidence_share,
         }
 
 
@@ -137,11 +141,18 @@ def resolve_config(
     simplify: float | None = None,
     tta: str | None = None,
     resolution: str | float | None = None,
+    scale: str | Sequence[float] | None = None,
 ) -> RunConfig:
     """Merge a config (object or YAML path) with explicit keyword overrides."""
+    from geoseg.types import ScaleSpec
+
     cfg = config if isinstance(config, RunConfig) else load_config(config)
     return cfg.replace(
-        top={"model": str(model) if isinstance(model, str | Path) else None, "bands": bands},
+        top={
+            "model": str(model) if isinstance(model, str | Path) else None,
+            "bands": bands,
+            "scale": str(ScaleSpec.parse(scale)) if scale is not None else None,
+        },
         tiling={"tile_size": tile_size, "overlap": overlap, "resolution": resolution},
         inference={"batch_size": batch_size, "device": device, "tta": tta},
         output={
@@ -178,6 +189,7 @@ def segment(
     engine: Engine | None = None,
     resume: bool = False,
     resolution: str | float | None = None,
+    scale: str | Sequence[float] | None = None,
 ) -> SegmentResult:
     """Segment a raster scene into land-cover classes and write georeferenced outputs.
 
@@ -185,8 +197,8 @@ def segment(
     optionally ``probabilities.tif``, ``preview.png`` and ``classes.gpkg`` into ``out_dir``
     (default: ``<scene>_geoseg/`` next to the scene). Everything is written into a temporary
     folder that is renamed when complete; an existing ``out_dir`` is refused unless ``overwrite``.
-    That folder, ``.<out_dir name>.partial``, keeps a journal of the rows already written: an
-    interrupted run (Ctrl-C, a kill, a crash) continues from there with ``resume=True``.
+    That folder, ``.<out_dir name>.partial``, journals the rows written: an interrupted run
+    (Ctrl-C, a kill, a crash) continues from there with ``resume=True``; a stale one is replaced.
 
     Args:
         scene: path (or GDAL path/URL such as ``/vsicurl/...``, ``s3://...``) of the input
@@ -209,14 +221,12 @@ def segment(
         progress: show a progress bar.
         log: where to send status lines (default: nowhere).
         tta: test-time augmentation: ``none``, ``mirror`` (2 passes), ``flips`` (4) or ``d4`` (8).
-        engine: what turns tiles into bands (default :func:`local_engine`; see
-            :func:`geoseg.distributed.segment_distributed` for the dask engine).
-        resume: continue the interrupted run into ``out_dir`` (same scene, model and settings,
-            else :class:`~geoseg.errors.ResumeError`); without it a stale partial run is replaced.
+        engine: what turns tiles into bands (default :func:`local_engine`; dask: distributed).
+        resume: continue the interrupted run into ``out_dir`` (same inputs, else ResumeError).
         resolution: the pixel size tiles are read at: ``auto`` (default: the model's own when
-            the scene's lies outside the range the model was trained at), ``native`` (the
-            scene's), or metres; outputs are always on the scene's own grid
-            (see :mod:`geoseg.io.grid`).
+            the scene's lies outside the range it was trained at), ``native`` or metres;
+            outputs are always on the scene's own grid (see :mod:`geoseg.io.grid`).
+        scale: scene values to the model's: auto (default), none, LO,HI, pN,pM (io.stretch).
     """
     t_start = time.perf_counter()
     say: Log = log or (lambda _msg: None)
@@ -224,11 +234,12 @@ def segment(
         config, model=model, tile_size=tile_size, overlap=overlap, batch_size=batch_size,
         device=device, bands=bands, probabilities=probabilities, vectorize=vectorize,
         preview=preview, min_area=min_area, simplify=simplify, tta=tta, resolution=resolution,
+        scale=scale,
     )  # fmt: skip
     opened = open_scene(scene, allow_ungeoreferenced=allow_ungeoreferenced)
     target = Path(out_dir) if out_dir is not None else default_out_dir(scene)
     check_target(target, overwrite=overwrite)
-    run = plan_run(opened, target, model_for(model, cfg), cfg, say)
+    run = plan_run(opened, target, model_for(model, cfg), cfg, say, resume=resume)
     partial = open_partial(run, resume=resume, say=say)
     result = _run_in_partial(str(scene), run, partial, overwrite=overwrite, progress=progress,
                              say=say, engine=engine)  # fmt: skip
@@ -303,13 +314,15 @@ def _write_outputs(
     )  # fmt: skip
     job = run.tile_job(str(scene), partial.rows_done)
     written = write_rasters(job, run.model, writers, partial, engine, progress=progress, say=say)
-    paths, stats, timings = written.paths, written.stats, dict(written.timings)
+    paths, stats = written.paths, written.stats
+    timings = {"statistics": run.stretch_seconds, **written.timings}
     write_raster_style(paths["classes"], card.classes)  # QGIS opens classes.tif with classes.qml
+    confidence = _check_confidence(paths["confidence"], card, scene, timings)
     if stats.tiles_skipped == len(grid):
         say("geoseg: every tile is nodata; outputs hold nodata only")
     preview_path = _preview(scene, run, paths["classes"], partial.path, timings)
     vector_path = _vectorize(paths["classes"], card.classes, cfg, partial.path, timings)
-    _write_run_json(partial.path, run, stats.device)
+    _write_run_json(partial.path, run, stats.device, confidence.to_dict())
     return SegmentResult(
         scene=str(scene), out_dir=partial.path, classes_path=paths["classes"],
         confidence_path=paths["confidence"], probabilities_path=paths.get("probabilities"),
@@ -317,7 +330,21 @@ def _write_outputs(
         device=stats.device, bands=run.bands, tile_size=max(grid.rows.size, grid.cols.size),
         overlap=run.overlap, tiles_total=len(grid), tiles_skipped=stats.tiles_skipped,
         width=info.width, height=info.height, timings=timings,
+        low_confidence_share=confidence.share,
     )  # fmt: skip
+
+
+def _check_confidence(
+    confidence_path: Path, card: ModelCard, scene: str | Path, timings: dict[str, float]
+) -> ConfidenceCheck:
+    """The run's :class:`~geoseg.engine.confidence.ConfidenceCheck` (warning when unusual)."""
+    from geoseg.io.histogram import byte_histogram
+
+    t0 = time.perf_counter()
+    counts = byte_histogram(confidence_path)
+    check = check_low_confidence(counts, card.calibration, Path(str(scene)).name)
+    timings["confidence_check"] = time.perf_counter() - t0
+    return check
 
 
 def _preview(
@@ -355,8 +382,10 @@ def _vectorize(
     return out
 
 
-def _write_run_json(tmp_dir: Path, run: RunPlan, device: str) -> None:
-    """``run.json``: the model card and the settings the outputs were made with."""
+def _write_run_json(
+    tmp_dir: Path, run: RunPlan, device: str, confidence: dict[str, Any] | None = None
+) -> None:
+    """``run.json``: the model card, the settings the outputs were made with, the confidence."""
     card = run.model.card
     settings = {
         "tile_size": run.grid.rows.size,
@@ -367,10 +396,15 @@ def _write_run_json(tmp_dir: Path, run: RunPlan, device: str) -> None:
         "resolution": run.cfg.tiling.resolution,
         "scene_gsd": run.read_grid.scene_gsd,
         **run.read_grid.settings(),
+        **run.stretch_settings(),
     }
     (tmp_dir / "run.json").write_text(
         json.dumps(
-            {"model": card.to_dict() | {"metrics": dict(card.metrics)}, "settings": settings},
+            {
+                "model": card.to_dict() | {"metrics": dict(card.metrics)},
+                "settings": settings,
+                **(confidence or {}),
+            },
             indent=2,
             default=str,
         )

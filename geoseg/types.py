@@ -189,3 +189,130 @@ def parse_color(value: Any) -> RGB:
     if not all(0 <= v <= 255 for v in (r, g, b)):
         raise ValueError(f"colour {value!r} has components outside 0..255")
     return (r, g, b)
+
+
+#: ``--scale`` words besides a window ``LO,HI`` and percentiles ``pN,pM``.
+SCALE_MODES = ("auto", "none")
+
+
+@dataclass(frozen=True)
+class ScaleSpec:
+    """What ``--scale`` asks for: ``auto``, ``none``, a window ``LO,HI`` or percentiles ``pN,pM``.
+
+    ``mode`` is ``auto``, ``none``, ``window`` (``values``: ``LO,HI`` for every band, or one
+    ``LO,HI`` pair per model band) or ``percentiles`` (``values``: ``N, M`` in percent).
+    """
+
+    mode: str = "auto"
+    values: tuple[float, ...] = ()
+
+    @classmethod
+    def parse(cls, value: Any) -> ScaleSpec:
+        """``"auto"``, ``"none"``, ``"p2,p98"``, ``"0,3000"``, ``(0, 3000)`` or a ScaleSpec."""
+        if isinstance(value, ScaleSpec):
+            return value
+        text = value if isinstance(value, str) else ",".join(str(v) for v in value)
+        text = text.strip().lower().replace(" ", "")
+        if text in SCALE_MODES:
+            return cls(text)
+        parts = text.split(",")
+        try:
+            if all(p.startswith("p") for p in parts):
+                return cls._checked("percentiles", tuple(float(p[1:]) for p in parts))
+            return cls._checked("window", tuple(float(p) for p in parts))
+        except ValueError:
+            pass
+        raise ConfigError(
+            f"scale must be auto, none, LO,HI (e.g. 0,3000; or one LO,HI pair per band) or "
+            f"pN,pM (e.g. p2,p98), got {value!r}"
+        )
+
+    @classmethod
+    def _checked(cls, mode: str, values: tuple[float, ...]) -> ScaleSpec:
+        pairs = list(zip(values[::2], values[1::2], strict=False))
+        finite = all(v == v and abs(v) != float("inf") for v in values)
+        if len(values) % 2 or not pairs or not finite or any(lo >= hi for lo, hi in pairs):
+            raise ValueError(values)
+        if mode == "percentiles" and (len(pairs) != 1 or values[0] < 0 or values[1] > 100):
+            raise ValueError(values)
+        return cls(mode, values)
+
+    def __str__(self) -> str:
+        if self.mode in SCALE_MODES:
+            return self.mode
+        prefix = "p" if self.mode == "percentiles" else ""
+        return ",".join(f"{prefix}{v!r}" for v in self.values)
+
+    def windows(self, bands: int) -> tuple[tuple[float, float], ...]:
+        """A ``window`` spec's ``(LO, HI)`` for each of ``bands`` bands."""
+        pairs = tuple(zip(self.values[::2], self.values[1::2], strict=True))
+        if len(pairs) == 1:
+            return pairs * bands
+        if len(pairs) != bands:
+            raise ConfigError(
+                f"--scale {self} gives {len(pairs)} LO,HI pairs but the model takes {bands} "
+                "band(s): give one pair for all bands or one per band"
+            )
+        return pairs
+
+
+@dataclass(frozen=True)
+class ModelInput:
+    """The values a model was trained on (all in its units, e.g. 0-255).
+
+    Its dtype and value range, and the spans in which a training image's 2nd and 98th
+    percentiles lay.
+    """
+
+    dtype: str
+    value_range: tuple[float, float]
+    p2_range: tuple[float, float]
+    p98_range: tuple[float, float]
+
+
+@dataclass(frozen=True)
+class Stretch:
+    """How scene values become model inputs: per band, a window mapped onto the model's range.
+
+    ``low`` and ``high`` (scene units) map linearly onto the ends of ``out_range`` (the model's
+    value range); values outside are clipped to it.
+
+    ``rule`` says which rule chose the windows (``window``, ``percentiles``, ``matched``,
+    ``reflectance``), ``note`` how (which sample, which bit depth or product).
+    """
+
+    low: tuple[float, ...]
+    high: tuple[float, ...]
+    out_range: tuple[float, float]
+    rule: str
+    note: str = ""
+
+    def __post_init__(self) -> None:
+        if len(self.low) != len(self.high) or any(
+            not lo < hi for lo, hi in zip(self.low, self.high, strict=False)
+        ):
+            raise ConfigError(f"a stretch needs low < high per band, got {self.low}, {self.high}")
+
+    def gain_bias(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
+        """Per band ``(gain, bias)`` such that ``scene * gain + bias`` is in the model's units."""
+        out_lo, out_hi = self.out_range
+        gains = tuple(
+            (out_hi - out_lo) / (hi - lo) for lo, hi in zip(self.low, self.high, strict=True)
+        )
+        return gains, tuple(out_lo - lo * g for lo, g in zip(self.low, gains, strict=True))
+
+    def as_scale(self) -> str:
+        """The ``--scale`` value that gives exactly these windows (one LO,HI pair per band)."""
+        return ",".join(f"{lo!r},{hi!r}" for lo, hi in zip(self.low, self.high, strict=True))
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data for ``run.json`` and the resume journal."""
+        return {"rule": self.rule, "low": list(self.low), "high": list(self.high),
+                "out_range": list(self.out_range), "note": self.note}  # fmt: skip
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Stretch:
+        """Inverse of :meth:`to_dict`."""
+        low, high = tuple(float(v) for v in data["low"]), tuple(float(v) for v in data["high"])
+        out_lo, out_hi = (float(v) for v in data["out_range"])
+        return cls(low, high, (out_lo, out_hi), str(data["rule"]), str(data.get("note", "")))

@@ -10,6 +10,7 @@ need the same count.
 
 from __future__ import annotations
 
+import json
 import threading
 from pathlib import Path
 from typing import Any
@@ -25,7 +26,7 @@ import geoseg
 from geoseg.engine.chunked import ModelSource, stitch_chunk, sub_grid
 from geoseg.engine.inference import Predictor
 from geoseg.engine.tiling import make_grid
-from geoseg.errors import BandMismatchError, InputError
+from geoseg.errors import BandMismatchError, InputError, ScaleError
 from geoseg.model import default_model_path
 from geoseg.types import PixelWindow
 from tests.conftest import torch_threads
@@ -300,6 +301,36 @@ def test_bands_by_name_position_and_coordinate(model, crop, reference):
         geoseg.segment_array(data, model, bands=[1, 2])
 
 
+def test_other_dtypes_are_scaled_as_the_file_is(model, tmp_path):
+    """A uint16 copy (x 8 + 50): the array gets the file run's stretch, and so its classes."""
+    with rasterio.open(SAMPLE) as src:
+        pixels = src.read(window=WINDOW).astype(np.uint16) * 8 + 50
+    crs, transform = PROJECTED
+    path = tmp_path / "counts.tif"
+    with rasterio.open(path, "w", driver="GTiff", width=pixels.shape[2], height=pixels.shape[1],
+                       count=4, dtype="uint16", crs=crs, transform=transform) as dst:  # fmt: skip
+        dst.write(pixels)
+        dst.descriptions = ("red", "green", "blue", "nir")
+    ref = file_outputs(path, model, tmp_path / "ref")
+    recorded = json.loads((tmp_path / "ref" / "run.json").read_text())["settings"]["stretch"]
+    assert recorded["rule"] == "matched"
+    for data in (rioxarray.open_rasterio(path, chunks=150),
+                 rioxarray.open_rasterio(path, masked=True).astype(np.float32)):  # fmt: skip
+        if data.dtype == np.float32:
+            data.encoding["rasterio_dtype"] = "uint16"  # as rioxarray leaves it when masking
+        ds = geoseg.segment_array(data, model, tile_size=TILE)
+        stretch = json.loads(ds.attrs["stretch"])
+        assert stretch.pop("note") == "p2-p98 of the array (400x300 px); 11-bit counts"
+        assert stretch == {k: v for k, v in recorded.items() if k != "note"}
+        assert ds.attrs["scale"] == "auto"
+        assert_same(ds.compute(), ref)
+    windows = geoseg.types.Stretch.from_dict(recorded).as_scale()
+    plain = rioxarray.open_rasterio(path).values.astype(np.float32)  # no file dtype to go by
+    bare = xr.DataArray(plain, dims=("band", "y", "x"), attrs={"long_name": ("red", "green",
+                        "blue", "nir")})  # fmt: skip
+    assert_same(geoseg.segment_array(bare, model, tile_size=TILE, scale=windows), ref)
+
+
 def test_single_band_array_and_refusals(tmp_path):
     from tests.conftest import conv_model
 
@@ -314,8 +345,8 @@ def test_single_band_array_and_refusals(tmp_path):
     assert_same(ds.compute(), ref)
     bare = xr.DataArray(pixels[0], dims=("y", "x"))  # no coordinates, no CRS
     assert_same(geoseg.segment_array(bare, gray, tile_size=TILE, overlap=16), ref)
-    with pytest.raises(BandMismatchError, match="expects uint8 pixels"):
-        geoseg.segment_array(data.astype(np.uint16), gray)
+    with pytest.raises(ScaleError, match=r"band 1 \(.*\) of .* is constant.*--scale LO,HI"):
+        geoseg.segment_array(xr.zeros_like(data, dtype=np.uint16) + 7, gray)
     with pytest.raises(InputError, match="dims"):
         geoseg.segment_array(data.expand_dims(time=2, band=1), gray)
     with pytest.raises(InputError, match="DataArray"):

@@ -1,3 +1,4 @@
+import json
 import re
 import subprocess
 import sys
@@ -98,6 +99,22 @@ def test_run_with_config_file(tiny_checkpoint, make_raster, tmp_path):
     assert bad.exit_code == 1 and "tile_sise" in bad.output
 
 
+def test_run_scale_option_reaches_run_json(tiny_checkpoint, make_raster, tmp_path):
+    scene = make_raster(height=64, width=64, dtype="uint16")
+    common = ["--model", tiny_checkpoint, "--no-vector", "--no-preview", "-q"]
+    result = invoke("run", scene, "-o", tmp_path / "o", "--scale", "0,8000", *common)
+    assert result.exit_code == 0, result.output
+    settings = json.loads((tmp_path / "o" / "run.json").read_text())["settings"]
+    assert settings["scale"] == "0.0,8000.0" and settings["stretch"]["rule"] == "window"
+    assert settings["stretch"]["high"] == [8000.0] * 3
+    shown = invoke("run", scene, "-o", tmp_path / "o2", *common[:-1])
+    assert shown.exit_code == 0, shown.output
+    assert "uint16 values scaled onto the model's 0-255 (matched:" in shown.output
+    bad = invoke("run", scene, "-o", tmp_path / "o3", "--scale", "p2", *common)
+    assert bad.exit_code == 1 and "Traceback" not in bad.output
+    assert bad.output.strip().startswith("geoseg: error: scale must be auto, none, LO,HI")
+
+
 def test_user_errors_are_one_line(tmp_path):
     result = invoke("run", tmp_path / "missing.tif")
     assert result.exit_code == 1
@@ -174,7 +191,10 @@ def test_evaluate_scores_a_configs_held_out_images(tiny_checkpoint, make_raster,
     assert out.exit_code == 0, out.output
     assert "coarse classes (solid = land + building)" in out.output
     saved = json.loads((tmp_path / "m.json").read_text())
-    assert [Path(i["image"]).parent.name for i in saved["images"]] == ["b"]  # held out only
-    assert saved["coarse"]["merge"] == {"solid": ["land", "building"]}
+    assert list(saved["groups"]) == ["mine/b"]  # held out only, one entry per group
+    group = saved["groups"]["mine/b"]
+    assert [Path(i["image"]).parent.name for i in group["images"]] == ["b"]
+    assert group["coarse"]["merge"] == {"solid": ["land", "building"]}
+    assert saved["worst_group"]["group"] == "mine/b"
     bad = invoke("evaluate", "--model", tiny_checkpoint, "--merge", "solid")
     assert bad.exit_code != 0 and "NAME=CLASS,CLASS" in bad.output

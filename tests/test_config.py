@@ -28,6 +28,8 @@ def test_unknown_key_is_named(tmp_path):
         ({"tiling": 5}, "tiling: expected a mapping"),
         ({"inference": {"device": "tpu"}}, "inference.device"),
         ({"tiling": {"tile_size": 100, "overlap": 60}}, "at most half"),
+        ({"scale": "stretch"}, "scale must be auto, none, LO,HI .* pN,pM"),
+        ({"scale": 3000}, "scale: expected a string"),
     ],
 )
 def test_wrong_types_and_values_are_named(data, match):
@@ -49,3 +51,12 @@ def test_missing_and_invalid_yaml(tmp_path):
     bad.write_text("tiling: [unclosed\n")
     with pytest.raises(ConfigError, match="not valid YAML"):
         load_config(bad)
+
+
+def test_scale_is_kept_in_its_canonical_text(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("scale: 0, 3000\n")
+    cfg = load_config(path)
+    assert cfg.scale == "0.0,3000.0" and cfg.scale_spec.windows(2) == ((0.0, 3000.0),) * 2
+    assert RunConfig().scale == "auto"
+    assert RunConfig().replace(top={"scale": "P2,P98"}).scale == "p2.0,p98.0"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import threading
 from pathlib import Path
 
@@ -25,6 +26,7 @@ from geoseg.engine import loop
 from geoseg.engine.inference import Predictor
 from geoseg.engine.tiling import make_grid
 from geoseg.errors import ConfigError
+from geoseg.types import Stretch
 from tests.conftest import DATA, ClassReference, assert_classes_agree, recorded_margins
 
 distributed = pytest.importorskip("distributed")
@@ -231,6 +233,38 @@ def test_distributed_landsat_scene_with_nodata(client, model, tmp_path):
     )  # fmt: skip
     assert_equals_local(dist, local, reference)
     assert dist.tiles_skipped == local.tiles_skipped > 0
+
+
+def test_distributed_blocks_use_the_stretch_chosen_on_the_client(
+    client, model, crop, tmp_path, monkeypatch
+):
+    """A uint16 scene for a uint8 model: LO/HI are chosen once and travel with every block."""
+    counts = tmp_path / "counts.tif"
+    with rasterio.open(crop) as src:
+        pixels = src.read().astype(np.uint16) * 8 + 50
+        profile = src.profile | {"dtype": "uint16", "nodata": None}
+    with rasterio.open(counts, "w", **profile) as dst:
+        dst.write(pixels)
+    local, reference = local_reference(counts, tmp_path / "local", model, tile_size=128, overlap=32)
+    blocks: list[Stretch | None] = []
+    real = loop.run_tile_rows
+
+    def recording(job, *args, **kwargs):
+        blocks.append(job.stretch)
+        return real(job, *args, **kwargs)
+
+    monkeypatch.setattr(loop, "run_tile_rows", recording)
+    dist = segment_distributed(
+        counts, tmp_path / "dist", client=client, rows=1, model=model, tile_size=128,
+        overlap=32, vectorize=False, preview=False,
+    )  # fmt: skip
+    assert_equals_local(dist, local, reference)
+    local_json, dist_json = (json.loads((r.out_dir / "run.json").read_text())["settings"]
+                             for r in (local, dist))  # fmt: skip
+    assert local_json["stretch"] == dist_json["stretch"]
+    assert dist_json["stretch"]["rule"] == "matched"
+    assert len(blocks) == dist.tiles_total // 4  # one block per tile row (4 tiles a row)
+    assert set(blocks) == {Stretch.from_dict(dist_json["stretch"])}
 
 
 def test_failed_block_is_retried_by_dask(client, model, local_sample, tmp_path, monkeypatch):

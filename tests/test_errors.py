@@ -134,8 +134,16 @@ INPUT_CASES = [
      ["expects 3 band(s)", "has 2", "--bands"]),
     ("band-missing", lambda t: scene(t / "rgb.tif"), ["--bands", "1,2,7"],
      ["band(s) [7] do not exist", "bands 1..3"]),
-    ("dtype", lambda t: scene(t / "u16.tif", dtype="uint16"), [],
-     ["expects uint8 pixels", "holds uint16", "gdal_translate"]),
+    ("constant-band", lambda t: _flat_band(t / "flat.tif", 2, 1200.0), [],
+     ["band 2 (band_2) of", "flat.tif is constant", "--scale LO,HI", "--bands"]),
+    ("nan-band", lambda t: _flat_band(t / "nan.tif", 3, np.nan, "float32"), [],
+     ["band 3 (band_3) of", "holds no valid pixel", "all nodata or NaN", "--scale LO,HI"]),
+    ("nodata-band", lambda t: _flat_band(t / "nd.tif", 1, 0.0, nodata=0), [],
+     ["band 1 (gray) of", "all nodata or NaN", "--scale LO,HI"]),
+    ("bad-scale", lambda t: scene(t / "u16.tif", dtype="uint16"), ["--scale", "3000,0"],
+     ["scale must be auto, none, LO,HI", "pN,pM", "'3000,0'"]),
+    ("scale-pairs", lambda t: scene(t / "u16.tif", dtype="uint16"), ["--scale", "0,1,0,2"],
+     ["--scale 0.0,1.0,0.0,2.0 gives 2 LO,HI pairs", "takes 3 band(s)"]),
     ("unsupported-dtype", lambda t: scene(t / "c.tif", dtype="complex64"), [],
      ["data type complex64", "gdal_translate -ot"]),
     ("overlap-vs-tile", lambda t: scene(t / "rgb.tif"), ["--tile-size", "64", "--overlap", "64"],
@@ -165,6 +173,13 @@ CONFIG_CASES = [
 def _text(path, text="just some notes\n"):
     path.write_text(text)
     return path
+
+
+def _flat_band(path, band, value, dtype="uint16", **kw):
+    """A scene of another dtype than the model's whose ``band`` holds ``value`` everywhere."""
+    data = smooth_field(3, 64, 80, dtype, seed=1)
+    data[band - 1] = value
+    return write_raster(path, data, **kw)
 
 
 def _sparse(path, size):

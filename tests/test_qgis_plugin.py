@@ -359,7 +359,8 @@ def test_provider_registers_with_its_algorithms(qgis_report):
     profile = qgis_report["config"] / "profiles" / "default"
     assert Path(found["settings_dir"]) == profile
     assert Path(found["module"]) == profile / "python" / "plugins" / PLUGIN_NAME / "__init__.py"
-    for name in ("INPUT", "MODEL", "TILE_SIZE", "OVERLAP", "DEVICE", "RESOLUTION", "VECTORIZE"):
+    for name in ("INPUT", "MODEL", "TILE_SIZE", "OVERLAP", "DEVICE", "RESOLUTION", "SCALE",
+                 "VECTORIZE"):  # fmt: skip
         assert name in found["segment_parameters"]
     assert qgis_report["heavy_modules"] == []  # no torch, rasterio or geoseg inside QGIS
 
@@ -376,6 +377,7 @@ def test_segment_writes_the_outputs_and_adds_styled_layers(qgis_report):
     command = logged(found, "command")[0]
     assert command.startswith(str(current_executable()) + " run ")
     assert "--resolution native" in command and "--device cpu" in command
+    assert "--scale auto" in command
     assert any("recorded by `geoseg qgis install`" in line for line in logged(found, "info"))
     assert any(line.startswith("tiles: 4/4 [") for line in logged(found, "info"))
     assert found["progress"][-2:] == [95.0, 100.0]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -72,25 +73,35 @@ def evaluate(pairs: tuple[str, ...], model: str | None, label_config: Path | Non
     """Score a model on IMAGE LABELS [IMAGE LABELS ...] through the real pipeline.
 
     LABELS is an integer label raster, a colour mask, or vector polygons (with --class-field).
-    With --label-config and no pairs, the config's held-out images (of --source) are scored.
+    With --label-config and no pairs, each held-out group of the config (of --source, or of
+    every source) is scored on its own, and the worst group is named.
     """
     if len(pairs) % 2:
         raise click.UsageError("give IMAGE LABELS pairs (an even number of paths)")
     from geoseg.training.evaluate import evaluate as run_evaluation
-    from geoseg.training.evaluate import held_out_pairs
 
-    if not pairs and label_config is not None:
-        pairs = tuple(str(p) for pair in held_out_pairs(label_config, source) for p in pair)
-        if not pairs:
-            raise click.UsageError(
-                f"the held-out groups of {label_config} match no image; give IMAGE LABELS pairs"
-            )
     say = (lambda _m: None) if quiet else (lambda m: click.echo(m, err=True))
+    options: dict[str, Any] = dict(
+        merge=parse_merges(merges), class_field=class_field, tile_size=tile_size,
+        overlap=overlap, batch_size=batch_size, device=device, bands=parse_bands(bands), tta=tta,
+    )  # fmt: skip
+    if not pairs and label_config is not None:
+        from geoseg.training.held_out import evaluate_groups
+
+        grouped = evaluate_groups(
+            model, label_config, source=source, json_path=json_path, plot_dir=plot_dir,
+            log=say, **options,
+        )  # fmt: skip
+        if not quiet:
+            for name, result in grouped.groups.items():
+                click.echo(f"== {name}\n{result.table()}\n")
+        click.echo(grouped.table())
+        for path in grouped.plots:
+            say(f"saved {path}")
+        return
     result = run_evaluation(
         model, pairs[0::2], pairs[1::2], label_config=label_config, source=source,
-        merge=parse_merges(merges), class_field=class_field,
-        tile_size=tile_size, overlap=overlap, batch_size=batch_size, device=device,
-        bands=parse_bands(bands), tta=tta, json_path=json_path, plot_dir=plot_dir, log=say,
+        json_path=json_path, plot_dir=plot_dir, log=say, **options,
     )  # fmt: skip
     click.echo(result.table())
     for path in result.plots:

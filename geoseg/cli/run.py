@@ -50,6 +50,13 @@ if TYPE_CHECKING:
     help="Pixel size to read the scene at: auto (default: the model's, when the scene's is "
     "outside the range it was trained at), native, or metres. Outputs keep the scene's grid.",
 )
+@click.option(
+    "--scale",
+    metavar="auto|none|LO,HI|pN,pM",
+    help="How scene values become the model's: auto (default: as they are when the dtype is the "
+    "model's, else a reflectance window or a percentile stretch matched to the model), none, a "
+    "window LO,HI (or one pair per band) or percentiles pN,pM (e.g. p2,p98). See run.json.",
+)
 @click.option("--batch-size", type=int, help="Tiles per forward pass (default 8).")
 @click.option("--device", help="auto, cpu, cuda or cuda:N (default auto).")
 @click.option("--bands", help="1-based bands to feed the model, e.g. 1,2,3.")
@@ -94,6 +101,7 @@ def run(
     tile_size: int | None,
     overlap: int | None,
     resolution: str | None,
+    scale: str | None,
     batch_size: int | None,
     device: str | None,
     bands: str | None,
@@ -137,6 +145,7 @@ def run(
         "tta": tta,
         "resume": resume,
         "resolution": resolution,
+        "scale": scale,
     }
     cluster: dict[str, Any] = {"scheduler": dask_scheduler, "n_workers": workers}
     targets = _output_folders(paths, out_dir)

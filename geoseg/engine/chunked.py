@@ -43,7 +43,7 @@ import numpy as np
 
 from geoseg.engine.tiling import AxisLayout, TileGrid
 from geoseg.io.read import valid_by_nodata
-from geoseg.types import PixelWindow, Tile
+from geoseg.types import PixelWindow, Stretch, Tile
 
 if TYPE_CHECKING:
     from geoseg.config import InferenceConfig
@@ -64,6 +64,7 @@ class ChunkedJob:
     inference: InferenceConfig
     nodata: float | None
     probabilities: bool
+    stretch: Stretch | None = None  # scene values -> the model's (None: as they are)
 
 
 class ModelSource:
@@ -189,7 +190,7 @@ def infer_batch(
     job = source.job
     reader = ChunkReader(list(zip(windows, chunks, strict=True)), job.grid.height,
                          job.grid.width, job.nodata)  # fmt: skip
-    normalise = Normaliser(job.card.mean, job.card.std)
+    normalise = Normaliser(job.card.mean, job.card.std, job.stretch)
     batch = next(read_batches(tiles, reader.read, normalise, len(tiles), threads=1))
     results: list[TileResult] = [None] * len(tiles)
     if batch.run:

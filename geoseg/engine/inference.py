@@ -20,7 +20,7 @@ from geoseg.config import resolve_tta
 from geoseg.errors import ConfigError
 from geoseg.model import SegmentationModel
 from geoseg.model.device import resolve_device
-from geoseg.types import PixelWindow, Tile
+from geoseg.types import PixelWindow, Stretch, Tile
 
 T = TypeVar("T")
 
@@ -143,14 +143,28 @@ class Predictor:
 
 
 class Normaliser:
-    """``(x - mean) / std`` per band; invalid pixels become 0 (the normalised mean)."""
+    """``(x - mean) / std`` per band; invalid pixels become 0 (the normalised mean).
 
-    def __init__(self, mean: Sequence[float], std: Sequence[float]) -> None:
+    With a :class:`~geoseg.types.Stretch`, scene values are first mapped into the model's units
+    (``x * gain + bias``, clipped to the model's value range).
+    """
+
+    def __init__(
+        self, mean: Sequence[float], std: Sequence[float], stretch: Stretch | None = None
+    ) -> None:
         self.mean = np.asarray(mean, dtype=np.float32)[:, None, None]
         self.scale = (1.0 / np.asarray(std, dtype=np.float32))[:, None, None]
+        self.stretch: tuple[np.ndarray, np.ndarray, float, float] | None = None
+        if stretch is not None:
+            gain, bias = (np.asarray(v, dtype=np.float32)[:, None, None]
+                          for v in stretch.gain_bias())  # fmt: skip
+            self.stretch = (gain, bias, *stretch.out_range)
 
     def __call__(self, data: np.ndarray, valid: np.ndarray) -> np.ndarray:
         """Normalise ``data`` (C, H, W); pixels where ``valid`` (H, W) is False become 0."""
+        if self.stretch is not None:
+            gain, bias, low, high = self.stretch
+            data = np.clip(data * gain + bias, np.float32(low), np.float32(high))
         out = (data - self.mean) * self.scale
         out *= valid[None]
         return out

@@ -76,6 +76,15 @@ def partial_dir(target: Path) -> Path:
     return target.with_name(f".{target.name}.partial")
 
 
+def recorded_settings(target: Path) -> dict[str, Any] | None:
+    """The settings the interrupted run into ``target`` recorded (None: no usable journal)."""
+    state = JournalState.read(partial_dir(target) / JOURNAL_NAME)
+    if state is None:
+        return None
+    settings = state.fingerprint.get("settings")
+    return dict(settings) if isinstance(settings, Mapping) else None
+
+
 def is_remote(source: str) -> bool:
     """Whether ``source`` is a URL or a GDAL virtual path rather than a local file."""
     return source.startswith(("/vsi", "s3://", "gs://", "az://", "http://", "https://"))

@@ -22,6 +22,7 @@ from geoseg.engine.stitch import Band
 from geoseg.engine.tiling import TileGrid
 from geoseg.errors import GeosegError
 from geoseg.model import ModelCard, SegmentationModel
+from geoseg.types import Stretch
 
 if TYPE_CHECKING:
     from geoseg.engine.inference import Predictor
@@ -42,6 +43,7 @@ class TileJob:
     probabilities: bool
     first_row: int = 0  # tile rows above it are already written (a resumed run)
     read_grid: ReadGrid | None = None  # tiles read resampled onto this grid (None: the scene's)
+    stretch: Stretch | None = None  # scene values -> the model's (None: as they are)
 
 
 @dataclass
@@ -155,7 +157,7 @@ def run_tile_rows(
         stats.stitch += time.perf_counter() - t0
 
     reader = TileReader(job.scene, job.bands, job.read_grid)
-    normalise = Normaliser(job.card.mean, job.card.std)
+    normalise = Normaliser(job.card.mean, job.card.std, job.stretch)
     inf = job.inference
     try:
         sink = _Sink(stitch)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import time
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -20,13 +21,13 @@ from typing import TYPE_CHECKING, Any
 from geoseg.config import RunConfig, resolve_tta
 from geoseg.engine.loop import Log
 from geoseg.errors import (
-    BandMismatchError,
     OutputError,
     OutputExistsError,
     ResolutionWarning,
     UngeoreferencedWarning,
 )
 from geoseg.model import SegmentationModel, load_default, load_model
+from geoseg.types import Stretch
 
 if TYPE_CHECKING:
     from geoseg.engine.journal import PartialRun
@@ -58,6 +59,13 @@ class RunPlan:
     grid: TileGrid  # the tile grid over read_grid
     overlap: int
     block: int  # the output rasters' block size
+    stretch: Stretch | None = None  # scene values -> the model's (None: as they are)
+    stretch_seconds: float = 0.0  # the statistics pass that chose it
+
+    def stretch_settings(self) -> dict[str, Any]:
+        """What ``run.json`` and the resume journal record of the scaling: asked for and used."""
+        return {"scale": self.cfg.scale,
+                "stretch": self.stretch.to_dict() if self.stretch else None}  # fmt: skip
 
     @property
     def tta(self) -> str:
@@ -77,7 +85,7 @@ class RunPlan:
         resampled = read_grid if read_grid.resampled else None
         probabilities = self.cfg.output.probabilities or resampled is not None
         return TileJob(scene, self.bands, grid, self.model.card, self.cfg.inference,
-                       probabilities, first_row, resampled)  # fmt: skip
+                       probabilities, first_row, resampled, self.stretch)  # fmt: skip
 
 
 def open_scene(
@@ -137,25 +145,31 @@ def model_for(model: str | Path | SegmentationModel | None, cfg: RunConfig) -> S
 
 
 def plan_run(
-    scene: OpenedScene, target: Path, model: SegmentationModel, cfg: RunConfig, say: Log
+    scene: OpenedScene,
+    target: Path,
+    model: SegmentationModel,
+    cfg: RunConfig,
+    say: Log,
+    *,
+    resume: bool = False,
 ) -> RunPlan:
-    """Fit ``model`` to ``scene``: its pixel type and bands, the grid tiles are read on, the tiles.
+    """Fit ``model`` to ``scene``: its bands and values, the grid tiles are read on, the tiles.
 
-    A warning about the scene's pixel size names the caller of :func:`geoseg.segment`.
+    The scene's values are mapped onto the model's as ``cfg.scale`` says (see
+    :mod:`geoseg.io.stretch`); a ``resume`` reuses the mapping the interrupted run recorded. A
+    warning about the scene's pixel size names the caller of :func:`geoseg.segment`.
     """
     from geoseg.engine.tiling import make_grid
     from geoseg.io import grid as gridmod
-    from geoseg.io import read as readmod
+    from geoseg.io.bands import select_bands
     from geoseg.io.write import suggested_block
 
     info, card = scene.info, model.card
-    if info.dtype != card.dtype:
-        gdal_type = readmod.GDAL_TYPE_NAMES.get(card.dtype, card.dtype)
-        raise BandMismatchError(
-            f"the model expects {card.dtype} pixels but {info.path} holds {info.dtype}; convert "
-            f"the scene (e.g. gdal_translate -ot {gdal_type} -scale) or pass another --model"
-        )
-    chosen = readmod.select_bands(info, card.bands, cfg.bands)
+    chosen = select_bands(info, card.bands, cfg.bands)
+    t0 = time.perf_counter()
+    stretch = _plan_stretch(scene, target, model, chosen, cfg, resume=resume)
+    stretch_seconds = time.perf_counter() - t0
+    _say_stretch(info, chosen, stretch, say)
     read_grid = gridmod.plan_read(info, card, cfg.tiling.resolution)
     _say_resolution(read_grid, card, cfg.tiling.resolution, say)
     tile_size, overlap = cfg.tiling.resolve(card.tile_size, card.tile_overlap)
@@ -163,7 +177,42 @@ def plan_run(
         read_grid.height, read_grid.width, tile_size, overlap, multiple=card.output_stride
     )
     block = suggested_block(info.width, info.height, cfg.output.block_size)
-    return RunPlan(scene, target, model, chosen, cfg, read_grid, grid, overlap, block)
+    return RunPlan(scene, target, model, chosen, cfg, read_grid, grid, overlap, block, stretch,
+                   stretch_seconds)  # fmt: skip
+
+
+def _plan_stretch(
+    scene: OpenedScene,
+    target: Path,
+    model: SegmentationModel,
+    bands: tuple[int, ...],
+    cfg: RunConfig,
+    *,
+    resume: bool,
+) -> Stretch | None:
+    """How the scene's values become the model's: recorded by the run resumed, else computed."""
+    from geoseg.engine.journal import recorded_settings
+    from geoseg.io.sample import scene_stretch
+
+    recorded = recorded_settings(target) if resume else None
+    if recorded is not None and recorded.get("scale") == cfg.scale and "stretch" in recorded:
+        kept = recorded["stretch"]
+        return Stretch.from_dict(kept) if kept is not None else None
+    source = scene.vrt_xml if scene.vrt_xml is not None else scene.members[0]
+    return scene_stretch(source, scene.info, bands, cfg.scale_spec, model.card.input_spec)
+
+
+def _say_stretch(info: SceneInfo, bands: Sequence[int], stretch: Stretch | None, say: Log) -> None:
+    """One line on how the scene's values are mapped, when they are."""
+    if stretch is None:
+        return
+    windows = ", ".join(
+        f"band {b} {lo:.5g}-{hi:.5g}" for b, lo, hi in zip(bands, stretch.low, stretch.high,
+                                                           strict=True)
+    )  # fmt: skip
+    low, high = stretch.out_range
+    say(f"geoseg: {info.dtype} values scaled onto the model's {low:g}-{high:g} ({stretch.rule}: "
+        f"{stretch.note}): {windows}")  # fmt: skip
 
 
 def _say_resolution(read_grid: ReadGrid, card: Any, resolution: str | float, say: Log) -> None:
@@ -222,6 +271,7 @@ def open_partial(plan: RunPlan, *, resume: bool, say: Log) -> PartialRun:
         **plan.read_grid.settings(),
         **{k: v for k, v in dataclasses.asdict(inf).items() if k not in unrelated},
         "tta": plan.tta,
+        **plan.stretch_settings(),
     }
     fingerprint = {
         "scene": scene_fingerprint(info, plan.scene.members),

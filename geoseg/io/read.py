@@ -22,8 +22,6 @@ from rasterio.errors import RasterioIOError
 
 from geoseg.errors import (
     AlphaBandWarning,
-    BandMismatchError,
-    BandOrderWarning,
     InputError,
     MissingGeoreferenceError,
     NotARasterError,
@@ -40,24 +38,6 @@ GDAL_TYPE_NAMES = {
     "uint8": "Byte", "int8": "Int8", "uint16": "UInt16", "int16": "Int16", "uint32": "UInt32",
     "int32": "Int32", "float32": "Float32", "float64": "Float64",
 }  # fmt: skip
-
-#: Names a band may go by, mapped to the canonical name used in model cards.
-_BAND_ALIASES = {
-    "r": "red",
-    "red": "red",
-    "g": "green",
-    "green": "green",
-    "b": "blue",
-    "blue": "blue",
-    "n": "nir",
-    "nir": "nir",
-    "near-infrared": "nir",
-    "nearinfrared": "nir",
-    "near_infrared": "nir",
-    "gray": "gray",
-    "grey": "gray",
-    "pan": "gray",
-}
 
 
 @dataclass(frozen=True)
@@ -183,65 +163,6 @@ def validate_scene(info: SceneInfo, *, allow_ungeoreferenced: bool = False) -> N
         )
 
 
-def canonical_band_name(name: str) -> str:
-    """Normalise a band name (``"Red"``, ``"R"``, ``"near-infrared"``) for matching."""
-    key = name.strip().lower()
-    return _BAND_ALIASES.get(key, key)
-
-
-def select_bands(
-    info: SceneInfo,
-    wanted: Sequence[str],
-    bands: Sequence[int] | None = None,
-) -> tuple[int, ...]:
-    """1-based band indices of ``info`` to feed a model that expects bands named ``wanted``.
-
-    Explicit ``bands`` win; otherwise bands are matched by colour interpretation or description
-    (so a 4-band RGBN scene feeds an RGB model its red, green and blue), and a scene with exactly
-    as many bands as the model is used in order.
-    """
-    n = len(wanted)
-    if bands is not None:
-        chosen = tuple(int(b) for b in bands)
-        bad = [b for b in chosen if not 1 <= b <= info.count]
-        if bad:
-            raise BandMismatchError(
-                f"--bands {','.join(map(str, chosen))}: band(s) {bad} do not exist; "
-                f"{info.path} has bands 1..{info.count}"
-            )
-        if len(chosen) != n:
-            raise BandMismatchError(
-                f"--bands selects {len(chosen)} band(s) but the model expects {n} "
-                f"({', '.join(wanted)})"
-            )
-        return chosen
-    scene_names = [canonical_band_name(b) for b in info.band_names]
-    matched = []
-    for name in wanted:
-        key = canonical_band_name(name)
-        if key in scene_names:
-            matched.append(scene_names.index(key) + 1)
-    if len(matched) == n and len(set(matched)) == n:
-        return tuple(matched)
-    if info.count == n:
-        return tuple(range(1, n + 1))
-    generic = all(name in ("gray", "undefined") or name.startswith("band_") for name in scene_names)
-    if generic and info.count > n:
-        warnings.warn(
-            f"{info.path} does not name its bands; assuming bands 1..{n} are "
-            f"{', '.join(wanted)}. Pass --bands to choose others.",
-            BandOrderWarning,
-            stacklevel=2,
-        )
-        return tuple(range(1, n + 1))
-    example = ",".join(str(i) for i in range(1, n + 1))
-    raise BandMismatchError(
-        f"the model expects {n} band(s) ({', '.join(wanted)}) but {info.path} has {info.count} "
-        f"({', '.join(info.band_names)}); pick bands with --bands {example} or pass another "
-        "--model"
-    )
-
-
 #: Side of the full-resolution window at the scene's centre where an alpha band is sampled.
 ALPHA_SAMPLE = 512
 #: Share of the sample that must be 0 or the maximum for an alpha band to count as a mask (edges
@@ -319,14 +240,33 @@ def read_validity(
     ``nodata_only`` (see :func:`nodata_only_validity`): validity from the nodata value alone. With
     ``out_shape`` the read is decimated (nearest neighbour), as for a preview.
     """
-    n = len(bands)
-    kwargs: dict[str, Any] = {"window": window}
-    if out_shape is not None:
-        kwargs.update(out_shape=(n, *out_shape), resampling=rasterio.enums.Resampling.nearest)
+    kwargs = _read_kwargs(len(bands), window, out_shape)
     if not nodata_only:
         valid: np.ndarray = np.all(dataset.read_masks(list(bands), **kwargs) > 0, axis=0)
         return valid
     return valid_by_nodata(dataset.read(list(bands), **kwargs), dataset.nodata)
+
+
+def read_with_validity(
+    dataset: Any, bands: Sequence[int], nodata_only: bool, **where: Any
+) -> tuple[np.ndarray, np.ndarray]:
+    """``(data (C, H, W), valid (H, W))``: the pixels of ``bands`` and :func:`read_validity`.
+
+    ``where``: ``window`` and/or ``out_shape`` (a decimated read), as for :func:`read_validity`.
+    """
+    kwargs = _read_kwargs(len(bands), where.get("window"), where.get("out_shape"))
+    data = dataset.read(list(bands), **kwargs)
+    if nodata_only:  # validity from the pixels just read
+        return data, valid_by_nodata(data, dataset.nodata)
+    return data, np.all(dataset.read_masks(list(bands), **kwargs) > 0, axis=0)
+
+
+def _read_kwargs(count: int, window: Any, out_shape: tuple[int, int] | None) -> dict[str, Any]:
+    """Arguments of rasterio's ``read``: a window, decimated (nearest) to ``out_shape``."""
+    kwargs: dict[str, Any] = {"window": window}
+    if out_shape is not None:
+        kwargs.update(out_shape=(count, *out_shape), resampling=rasterio.enums.Resampling.nearest)
+    return kwargs
 
 
 def valid_by_nodata(data: np.ndarray, nodata: float | None) -> np.ndarray:

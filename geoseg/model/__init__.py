@@ -16,6 +16,7 @@ from geoseg.model.build import (
     canonical_arch,
     create_module,
     fold_logit_offsets,
+    fold_temperature,
     output_stride_of,
 )
 from geoseg.model.card import ARCHITECTURES, ModelCard
@@ -47,6 +48,7 @@ __all__ = [
     "default_model_path",
     "default_onnx_path",
     "fold_logit_offsets",
+    "fold_temperature",
     "is_onnx_path",
     "load_default",
     "load_model",

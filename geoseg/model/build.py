@@ -98,6 +98,37 @@ def build_model(card: ModelCard) -> SegmentationModel:
     return SegmentationModel(module, card)
 
 
+def fold_temperature(module: torch.nn.Module, temperature: float) -> None:
+    """Divide the network's logits by ``temperature`` by scaling its last convolution.
+
+    As for :func:`fold_logit_offsets`, the head's upsampling and identity activation are linear,
+    so ``softmax(logits / T)`` needs no step outside the network (and its ONNX export).
+    """
+    import torch
+
+    if not temperature > 0:
+        raise ModelError(f"temperature must be positive, got {temperature!r}")
+    conv = _head_conv(module, "a temperature")
+    with torch.no_grad():
+        conv.weight.div_(temperature)
+        if conv.bias is not None:
+            conv.bias.div_(temperature)
+
+
+def _head_conv(module: torch.nn.Module, what: str) -> torch.nn.Conv2d:
+    """The last convolution of an smp network's ``segmentation_head``, with a bias."""
+    import torch
+
+    head = getattr(module, "segmentation_head", None)
+    conv = head[0] if isinstance(head, torch.nn.Sequential) and len(head) else None
+    if not isinstance(conv, torch.nn.Conv2d) or conv.bias is None:
+        raise ModelError(
+            f"cannot apply {what}: the network has no segmentation_head convolution with a "
+            "bias (only smp architectures are supported)"
+        )
+    return conv
+
+
 def fold_logit_offsets(module: torch.nn.Module, offsets: Sequence[float]) -> None:
     """Add a constant per class to the network's logits by shifting its last convolution's bias.
 
@@ -107,13 +138,8 @@ def fold_logit_offsets(module: torch.nn.Module, offsets: Sequence[float]) -> Non
     """
     import torch
 
-    head = getattr(module, "segmentation_head", None)
-    conv = head[0] if isinstance(head, torch.nn.Sequential) and len(head) else None
-    if not isinstance(conv, torch.nn.Conv2d) or conv.bias is None:
-        raise ModelError(
-            "cannot apply logit offsets: the network has no segmentation_head convolution with a "
-            "bias (only smp architectures are supported)"
-        )
+    conv = _head_conv(module, "logit offsets")
+    assert conv.bias is not None
     if conv.out_channels != len(offsets):
         raise ModelError(
             f"{len(offsets)} logit offsets given for a network with {conv.out_channels} classes"

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from geoseg.config import TTA_MODES
 from geoseg.errors import ConfigError, ModelError
-from geoseg.types import ClassTable
+from geoseg.types import ClassTable, ModelInput
 
 if TYPE_CHECKING:
     pass
@@ -48,6 +48,12 @@ class ModelCard:
     classes: ClassTable
     name: str = "geoseg-model"
     dtype: str = "uint8"
+    # The input values the model was trained on, in its units (None: the dtype's range, 0-255
+    # for uint8, 0-1 for floats), and the spans in which a training image's 2nd and 98th
+    # percentiles lay (None: derived from the range, see input_spec). --scale maps scenes there.
+    input_range: tuple[float, float] | None = None
+    input_p2_range: tuple[float, float] | None = None
+    input_p98_range: tuple[float, float] | None = None
     tile_size: int = 512
     # Pixels shared by neighbouring tiles when no --overlap is given (None: geoseg's default).
     tile_overlap: int | None = None
@@ -59,6 +65,9 @@ class ModelCard:
     # Ground sample distances (metres, finest and coarsest) seen in training, zoom included.
     gsd_range: tuple[float, float] | None = None
     metrics: Mapping[str, Any] = field(default_factory=dict)
+    # Confidence calibration folded into the weights at export: {temperature, groups: {ECE ...},
+    # low_confidence: {threshold, range}} (geoseg.training.calibration); {}: none.
+    calibration: Mapping[str, Any] = field(default_factory=dict)
     training: Mapping[str, Any] = field(default_factory=dict)
     data_source: str = ""
     licence: str = ""
@@ -86,6 +95,44 @@ class ModelCard:
                 f"model card tta {self.tta!r} must be one of {', '.join(TTA_MODES)} or null; "
                 "export the model again with a valid model.tta"
             )
+        spec = self.input_spec
+        low, high = spec.value_range
+        spans = (spec.value_range, spec.p2_range, spec.p98_range)
+        if any(not a < b or a < low or b > high for a, b in spans) or (
+            spec.p2_range[1] >= spec.p98_range[0]
+        ):
+            raise ModelError(
+                f"model card input_range {spec.value_range}, input_p2_range {spec.p2_range} and "
+                f"input_p98_range {spec.p98_range} must be (low, high) spans inside the input "
+                "range, the 2nd percentile's below the 98th's"
+            )
+
+    @property
+    def input_spec(self) -> ModelInput:
+        """The values the model takes, with the card's defaults filled in.
+
+        No ``input_range``: the dtype's (0-255 for uint8, as the shipped default model was
+        trained; 0-1 for floats). No percentile spans: a training image's darkest band 2nd
+        percentile is taken to lie in the lower 45 % of the range and its brightest band 98th in
+        the upper 45 % (for 0-255: 0-114.75 and 140.25-255; the 43 Ohio validation tiles: 31-110 and
+        160-241).
+        """
+        import numpy as np
+
+        if self.input_range is not None:
+            low, high = self.input_range
+        elif np.dtype(self.dtype).kind in "ui":
+            info = np.iinfo(np.dtype(self.dtype))
+            low, high = float(max(info.min, 0)), float(info.max)
+        else:
+            low, high = 0.0, 1.0
+        span = high - low
+        return ModelInput(
+            dtype=self.dtype,
+            value_range=(low, high),
+            p2_range=self.input_p2_range or (low, low + 0.45 * span),
+            p98_range=self.input_p98_range or (low + 0.55 * span, high),
+        )
 
     @property
     def in_channels(self) -> int:
@@ -125,9 +172,10 @@ class ModelCard:
                 kwargs[key] = tuple(kwargs[key])
             kwargs["mean"] = tuple(float(v) for v in kwargs["mean"])
             kwargs["std"] = tuple(float(v) for v in kwargs["std"])
-            if kwargs.get("gsd_range") is not None:
-                low, high = kwargs["gsd_range"]
-                kwargs["gsd_range"] = (float(low), float(high))
+            for key in ("gsd_range", "input_range", "input_p2_range", "input_p98_range"):
+                if kwargs.get(key) is not None:
+                    low, high = kwargs[key]
+                    kwargs[key] = (float(low), float(high))
             return cls(**kwargs)
         except (KeyError, TypeError, ValueError, ConfigError) as exc:
             raise ModelError(f"model card is incomplete or malformed: {exc}") from exc
@@ -138,7 +186,10 @@ class ModelCard:
             f"model:        {self.name}",
             f"architecture: {self.arch} / encoder {self.encoder}"
             + (f" ({_fmt_value(dict(self.arch_kwargs))})" if self.arch_kwargs else ""),
-            f"input:        {self.in_channels} bands {', '.join(self.bands)} ({self.dtype})",
+            f"input:        {self.in_channels} bands {', '.join(self.bands)} ({self.dtype}, "
+            f"values {_span(self.input_spec.value_range)})",
+            f"other dtypes: scaled (--scale auto) to a training image's 2nd percentile in "
+            f"{_span(self.input_spec.p2_range)}, 98th in {_span(self.input_spec.p98_range)}",
             f"normalise:    mean {_fmt(self.mean)}  std {_fmt(self.std)}",
             f"tile size:    {self.tile_size} px (output stride {self.output_stride})"
             + (f", overlap {self.tile_overlap} px" if self.tile_overlap is not None else ""),
@@ -157,6 +208,18 @@ class ModelCard:
             "classes:",
         ]
         lines += [f"  {c.id:>3}  {c.name:<16} {c.hex}" for c in self.classes]
+        if self.calibration:
+            low = self.calibration.get("low_confidence") or {}
+            lines.append(
+                f"calibration:  temperature {self.calibration.get('temperature')} (folded into "
+                "the weights)"
+                + (
+                    f"; held-out share under {low['threshold']:g} confidence "
+                    f"{low['range'][0]:.3f}-{low['range'][1]:.3f}"
+                    if low.get("range")
+                    else ""
+                )
+            )
         if self.metrics:
             lines.append("metrics:")
             lines += _metric_lines(self.metrics, "  ")
@@ -183,6 +246,10 @@ def _metric_lines(metrics: Mapping[str, Any], indent: str) -> list[str]:
         else:
             lines.append(f"{indent}{key}: {_fmt_value(value)}")
     return lines
+
+
+def _span(values: tuple[float, float]) -> str:
+    return f"{values[0]:.4g}-{values[1]:.4g}"
 
 
 def _fmt(values: Sequence[float]) -> str:

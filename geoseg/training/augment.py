@@ -24,11 +24,20 @@ def random_crop(
     rng: np.random.Generator,
     *,
     fill: npt.ArrayLike = 0,
+    centre: tuple[int, int] | None = None,
 ) -> tuple[npt.NDArray[Any], npt.NDArray[np.uint8]]:
-    """A ``crop`` x ``crop`` window at a random place, padded with ``fill`` (per band) and 255."""
+    """A ``crop`` x ``crop`` window at a random place, padded with ``fill`` (per band) and 255.
+
+    With ``centre`` ``(row, col)``, the window holds that pixel (at a random place within it,
+    so a class-balanced crop does not always put its class in the middle).
+    """
     _, h, w = image.shape
-    r = int(rng.integers(0, max(h - crop, 0) + 1))
-    c = int(rng.integers(0, max(w - crop, 0) + 1))
+    if centre is None:
+        r = int(rng.integers(0, max(h - crop, 0) + 1))
+        c = int(rng.integers(0, max(w - crop, 0) + 1))
+    else:
+        r = _start_holding(centre[0], crop, h, rng)
+        c = _start_holding(centre[1], crop, w, rng)
     img = image[:, r : r + crop, c : c + crop]
     lab = label[r : r + crop, c : c + crop]
     if img.shape[1:] != (crop, crop):
@@ -39,6 +48,13 @@ def random_crop(
         pad_h, pad_w = crop - lab.shape[0], crop - lab.shape[1]
         return padded, np.pad(lab, ((0, pad_h), (0, pad_w)), constant_values=IGNORE_INDEX)
     return img, lab
+
+
+def _start_holding(pixel: int, crop: int, length: int, rng: np.random.Generator) -> int:
+    """A window start in ``0..length - crop`` whose ``crop`` pixels include ``pixel``."""
+    low = max(pixel - crop + 1, 0)
+    high = min(pixel, max(length - crop, 0))
+    return int(rng.integers(low, high + 1)) if high >= low else max(min(pixel, length - crop), 0)
 
 
 def resample_crop(
@@ -110,15 +126,20 @@ class HueShift:
     network must recognise them by shape, texture and context as well as by colour. The same
     pixels are also scaled by a gain drawn log-uniformly from ``brightness`` (shallow or turbid
     water is brighter than deep water).
+
+    With ``independent``, each class of ``class_ids`` (every labelled value of the crop when
+    ``class_ids`` is empty: set-valued codes too) draws its own chance, angle and gain, so that
+    no class keeps a colour the others lose: a colour is never a shortcut to one class.
     """
 
     class_ids: tuple[int, ...]
     degrees: float = 180.0
     probability: float = 0.5
     brightness: tuple[float, float] = (1.0, 1.0)
+    independent: bool = False
 
     def __post_init__(self) -> None:
-        if not self.class_ids:
+        if not self.class_ids and not self.independent:
             raise TrainingError("hue_shift needs at least one class")
         if not 0 < self.degrees <= 180:
             raise TrainingError(f"hue_shift degrees must be in (0, 180], got {self.degrees!r}")
@@ -138,16 +159,31 @@ class HueShift:
         dtype: npt.DTypeLike = np.uint8,
     ) -> npt.NDArray[Any]:
         """``image`` (3, H, W) with the selected classes' hue rotated (or unchanged)."""
-        if image.shape[0] != 3 or rng.random() >= self.probability:
+        if image.shape[0] != 3:
             return image
-        mask = np.isin(label, self.class_ids)
-        if not mask.any():
+        if self.independent:
+            present = np.unique(label)
+            chosen = [int(c) for c in present if c != IGNORE_INDEX]
+            if self.class_ids:
+                chosen = [c for c in chosen if c in self.class_ids]
+            groups: list[tuple[int, ...]] = [
+                (c,) for c in chosen if rng.random() < self.probability
+            ]
+        else:
+            groups = [self.class_ids] if rng.random() < self.probability else []
+        out: npt.NDArray[Any] | None = None
+        for group in groups:
+            mask = np.isin(label, group)
+            if not mask.any():
+                continue
+            if out is None:
+                out = np.asarray(image, dtype=np.float32).copy()
+            angle = np.deg2rad(rng.uniform(-self.degrees, self.degrees))
+            low, high = self.brightness
+            gain = float(np.exp(rng.uniform(np.log(low), np.log(high))))
+            out[:, mask] = (hue_rotation(angle) * gain) @ out[:, mask]
+        if out is None:
             return image
-        angle = np.deg2rad(rng.uniform(-self.degrees, self.degrees))
-        out = np.asarray(image, dtype=np.float32).copy()
-        low, high = self.brightness
-        gain = float(np.exp(rng.uniform(np.log(low), np.log(high))))
-        out[:, mask] = (hue_rotation(angle) * gain) @ out[:, mask]
         if np.issubdtype(dtype, np.integer):
             info = np.iinfo(dtype)
             np.clip(out, info.min, info.max, out=out)

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from geoseg.errors import ConfigError
+from geoseg.training.config_checks import reject_unknown_keys
 from geoseg.training.config_sections import LOSSES as LOSSES
 from geoseg.training.config_sections import SCHEDULERS as SCHEDULERS
 from geoseg.training.config_sections import DataConfig as DataConfig
@@ -24,7 +25,6 @@ from geoseg.training.config_sections import (
     parse_model,
     parse_sources,
     parse_training,
-    reject_unknown_keys,
     resolve_path,
 )
 from geoseg.training.label_sets import IGNORE_INDEX, LabelSets, merged_classes, with_sets

@@ -16,10 +16,16 @@ from typing import Any
 
 from geoseg.config import TTA_MODES
 from geoseg.errors import ConfigError
+from geoseg.training.config_checks import (
+    hue_shift_setting,
+    reject_unknown_keys,
+    target_gsd_setting,
+)
 from geoseg.training.datasets import SAMPLING
 from geoseg.types import ClassTable
 
 LOSSES = ("ce", "focal", "dice", "jaccard", "ce+dice")
+SELECTIONS = ("mean", "worst")
 SCHEDULERS = ("onecycle", "cosine", "plateau")
 
 
@@ -47,6 +53,8 @@ class DataConfig:
     pair_key: str | None = None
     # Ground sample distance of the source's images in metres (recorded in the model card).
     gsd: float | None = None
+    # Spatial groups {name: [left, bottom, right, top]} in the images' CRS (a block hold-out).
+    blocks: Mapping[str, tuple[float, float, float, float]] = field(default_factory=dict)
 
     @property
     def where(self) -> str:
@@ -82,6 +90,9 @@ class ModelConfig:
     # The test-time augmentation geoseg runs the exported model with when none is asked for
     # (recorded in its card): none | mirror | flips | d4; null: none.
     tta: str | None = None
+    # Fit a temperature on the held-out groups at export and fold it into the weights, so the
+    # confidences match the accuracy (geoseg.training.calibration).
+    calibrate: bool = False
 
 
 @dataclass(frozen=True)
@@ -95,6 +106,22 @@ class TrainingConfig:
     # Class-conditional hue augmentation:
     # {classes: [names], degrees: 180, probability: 0.5, brightness: [low, high]}.
     hue_shift: Mapping[str, Any] | None = None
+    # Sensor and season changes of every crop (geoseg.training.photometric.SensorJitter fields).
+    photometric: Mapping[str, Any] | None = None
+    # Pixel sizes to show the sources at: {range: [finest, coarsest] metres, probability: p}.
+    # With probability p a crop is zoomed so that its source's gsd becomes a size drawn
+    # log-uniformly from the range; otherwise by ``scale``.
+    target_gsd: Mapping[str, Any] | None = None
+    # Crop edges cycled batch by batch (each batch one size), so context size varies; () = crop.
+    crop_sizes: tuple[int, ...] = ()
+    # Share of crops centred on a pixel of a label code drawn uniformly (class-balanced crops).
+    class_balance: float = 0.0
+    # Model selection over the held-out groups: the worst group's coarse mIoU, or the mean
+    # over regions (sources).
+    selection: str = "mean"
+    # Crops shown again with their bands in another order, with a uniform target
+    # (geoseg.training.outliers.OutlierExposure fields): {probability: 0.25, weight: 0.5}.
+    outlier_exposure: Mapping[str, Any] | None = None
     batch_size: int = 8
     max_steps: int = 2000
     steps_per_epoch: int = 100
@@ -118,16 +145,6 @@ def resolve_path(base: Path, value: Any) -> Path:
     """``value`` as a path, relative ones taken from ``base`` (the config file's folder)."""
     p = Path(str(value)).expanduser()
     return p if p.is_absolute() else (base / p).resolve()
-
-
-def reject_unknown_keys(raw: Mapping[str, Any], known: set[str], where: str) -> None:
-    """Raise naming every key of ``raw`` (at ``where``) that is not in ``known``."""
-    unknown = sorted(set(raw) - known)
-    if unknown:
-        prefix = f"{where}." if where else ""
-        raise ConfigError(
-            f"unknown config key(s) {[prefix + k for k in unknown]}; known: {sorted(known)}"
-        )
 
 
 def _section(cls: Any, raw: Any, where: str) -> Any:
@@ -205,6 +222,7 @@ def _common_fields(raw: Mapping[str, Any], source: str) -> dict[str, Any]:
     if gsd is not None and (isinstance(gsd, bool) or not isinstance(gsd, int | float) or gsd <= 0):
         raise ConfigError(f"data.gsd must be a positive number of metres, got {gsd!r}")
     return {
+        "blocks": _blocks(raw.get("blocks")),
         "gsd": float(gsd) if gsd is not None else None,
         "name": str(raw.get("name") or ""),
         "labels": tuple(labels),
@@ -215,6 +233,28 @@ def _common_fields(raw: Mapping[str, Any], source: str) -> dict[str, Any]:
         "bands": tuple(int(b) for b in bands) if bands else None,
         "band_names": tuple(str(b) for b in band_names) if band_names else None,
     }
+
+
+def _blocks(raw: Any) -> dict[str, tuple[float, float, float, float]]:
+    """``data.blocks``: ``{name: [left, bottom, right, top]}`` with left < right, bottom < top."""
+    if raw is None:
+        return {}
+    if not isinstance(raw, Mapping):
+        raise ConfigError("data.blocks must map group names to [left, bottom, right, top]")
+    out = {}
+    for name, box in raw.items():
+        if (
+            not isinstance(box, list | tuple)
+            or len(box) != 4
+            or not all(isinstance(v, int | float) and not isinstance(v, bool) for v in box)
+            or not (box[0] < box[2] and box[1] < box[3])
+        ):
+            raise ConfigError(
+                f"data.blocks.{name} must be [left, bottom, right, top] with left < right and "
+                f"bottom < top, got {box!r}"
+            )
+        out[str(name)] = (float(box[0]), float(box[1]), float(box[2]), float(box[3]))
+    return out
 
 
 def _check_pair_key(pair_key: Any) -> None:
@@ -256,6 +296,8 @@ def parse_model(raw: Any, base: Path) -> ModelConfig:
         raise ConfigError(
             f"model.tta must be one of {', '.join(TTA_MODES)} or null, got {cfg.tta!r}"
         )
+    if not isinstance(cfg.calibrate, bool):
+        raise ConfigError(f"model.calibrate must be true or false, got {cfg.calibrate!r}")
     ia = cfg.init_average
     if isinstance(ia, bool) or not isinstance(ia, int | float) or not 0 <= ia < 1:
         raise ConfigError(f"model.init_average must be a share in [0, 1), got {ia!r}")
@@ -279,7 +321,7 @@ def parse_training(raw: Any, classes: ClassTable) -> TrainingConfig:
     """The ``training`` section, every setting checked against its allowed values or range."""
     cfg: TrainingConfig = _section(TrainingConfig, raw, "training")
     if cfg.hue_shift is not None:
-        cfg = dataclasses.replace(cfg, hue_shift=_hue_shift(cfg.hue_shift, classes))
+        cfg = dataclasses.replace(cfg, hue_shift=hue_shift_setting(cfg.hue_shift, classes))
     ints = ("crop", "batch_size", "max_steps", "steps_per_epoch", "checkpoint_every_n_steps")
     for key in ints:
         value = getattr(cfg, key)
@@ -304,6 +346,7 @@ def parse_training(raw: Any, classes: ClassTable) -> TrainingConfig:
         raise ConfigError(
             f"training.color_jitter must be a strength in [0, 1) (e.g. 0.2), got {cj!r}"
         )
+    cfg = _parse_robustness(cfg)
     if cfg.loss not in LOSSES:
         raise ConfigError(f"training.loss must be one of {LOSSES}, got {cfg.loss!r}")
     if cfg.scheduler not in SCHEDULERS:
@@ -324,38 +367,30 @@ def parse_training(raw: Any, classes: ClassTable) -> TrainingConfig:
     return cfg
 
 
-def _hue_shift(raw: Any, classes: ClassTable) -> dict[str, Any]:
-    """``training.hue_shift`` checked: class names in the legend, degrees and probability."""
-    if not isinstance(raw, Mapping) or not isinstance(raw.get("classes"), list):
-        raise ConfigError(
-            "training.hue_shift must be a mapping {classes: [names], degrees: 180, "
-            f"probability: 0.5}}, got {raw!r}"
+def _parse_robustness(cfg: TrainingConfig) -> TrainingConfig:
+    """The sensor, scale, context and balance settings checked (``photometric`` and beyond)."""
+    from geoseg.training.photometric import SensorJitter
+
+    if cfg.photometric is not None:
+        cfg = dataclasses.replace(
+            cfg, photometric=SensorJitter.from_config(cfg.photometric).to_dict()
         )
-    reject_unknown_keys(
-        raw, {"classes", "degrees", "probability", "brightness"}, "training.hue_shift"
-    )
-    names = classes.names
-    unknown = [c for c in raw["classes"] if c not in names]
-    if unknown or not raw["classes"]:
-        raise ConfigError(
-            f"training.hue_shift.classes must name classes of the legend {list(names)}, "
-            f"got {raw['classes']!r}"
-        )
-    out: dict[str, Any] = {"classes": list(raw["classes"])}
-    for key, default, low, high in (("degrees", 180.0, 0, 180), ("probability", 0.5, 0, 1)):
-        value = raw.get(key, default)
-        if isinstance(value, bool) or not isinstance(value, int | float) or not low < value <= high:
-            raise ConfigError(f"training.hue_shift.{key} must be in ({low}, {high}], got {value!r}")
-        out[key] = float(value)
-    gain = raw.get("brightness", [1.0, 1.0])
-    if (
-        not isinstance(gain, list | tuple)
-        or len(gain) != 2
-        or not all(isinstance(v, int | float) and not isinstance(v, bool) for v in gain)
-        or not 0 < gain[0] <= gain[1]
+    if cfg.target_gsd is not None:
+        cfg = dataclasses.replace(cfg, target_gsd=target_gsd_setting(cfg.target_gsd))
+    sizes = cfg.crop_sizes
+    if not isinstance(sizes, list | tuple) or not all(
+        isinstance(v, int) and not isinstance(v, bool) and v >= 32 for v in sizes
     ):
-        raise ConfigError(
-            f"training.hue_shift.brightness must be a gain range [low, high], got {gain!r}"
-        )
-    out["brightness"] = (float(gain[0]), float(gain[1]))
-    return out
+        raise ConfigError(f"training.crop_sizes must list crop edges >= 32 px, got {sizes!r}")
+    cfg = dataclasses.replace(cfg, crop_sizes=tuple(sizes))
+    cb = cfg.class_balance
+    if isinstance(cb, bool) or not isinstance(cb, int | float) or not 0 <= cb <= 1:
+        raise ConfigError(f"training.class_balance must be a share in [0, 1], got {cb!r}")
+    if cfg.selection not in SELECTIONS:
+        raise ConfigError(f"training.selection must be one of {SELECTIONS}, got {cfg.selection!r}")
+    if cfg.outlier_exposure is not None:
+        from geoseg.training.outliers import OutlierExposure
+
+        exposure = OutlierExposure.from_config(cfg.outlier_exposure)
+        cfg = dataclasses.replace(cfg, outlier_exposure=exposure.to_dict())
+    return cfg

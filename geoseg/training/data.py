@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -47,6 +47,8 @@ class LabelledImage:
     group: str
     image: npt.NDArray[Any]
     label: npt.NDArray[np.uint8]
+    # The source's ground sample distance in metres (None: not stated).
+    gsd: float | None = None
 
     @property
     def pixels(self) -> int:
@@ -77,6 +79,8 @@ def load_folder_pairs(
     bands: Sequence[int] | None = None,
     pair_key: str | None = None,
     group_prefix: str = "",
+    blocks: Mapping[str, Sequence[float]] | None = None,
+    gsd: float | None = None,
 ) -> list[LabelledImage]:
     r"""Image/mask pairs under ``root`` matched by group (first folder) and file stem.
 
@@ -90,9 +94,12 @@ def load_folder_pairs(
             image with its mask (``(\d+)$`` pairs ``tile_7`` with ``mask_7``); default: equal
             stems.
         group_prefix: Put before each group name (``"ohio/"``), so sources stay apart.
+        blocks: Spatial groups ``{name: [left, bottom, right, top]}`` in the images' CRS: an
+            image whose centre lies in a block belongs to that group, whatever its folder.
+        gsd: The source's ground sample distance (metres), kept with each image.
     """
     out = []
-    for group, image_path, mask_path in folder_pairs(root, image_glob, mask_glob, pair_key):
+    for group, image_path, mask_path in folder_pairs(root, image_glob, mask_glob, pair_key, blocks):
         image = _select_bands(_read_array(image_path), bands, image_path)
         label = encode_labels(_read_array(mask_path), encoding, str(mask_path))
         if label.shape != image.shape[1:]:
@@ -101,14 +108,21 @@ def load_folder_pairs(
                 f"{label.shape}; masks must align with their images"
             )
         name = group_prefix + str(image_path.relative_to(root))
-        out.append(LabelledImage(name, group_prefix + group, image, label))
+        out.append(LabelledImage(name, group_prefix + group, image, label, gsd))
     return out
 
 
 def folder_pairs(
-    root: Path, image_glob: str, mask_glob: str, pair_key: str | None = None
+    root: Path,
+    image_glob: str,
+    mask_glob: str,
+    pair_key: str | None = None,
+    blocks: Mapping[str, Sequence[float]] | None = None,
 ) -> list[tuple[str, Path, Path]]:
     """``(group, image, mask)`` for every image under ``root``, paired by group and stem.
+
+    The group is the image's first folder under ``root``, or the name of the spatial block of
+    ``blocks`` its centre lies in.
 
     Raises:
         TrainingError: for a missing root, no image, or an image without its mask.
@@ -136,8 +150,35 @@ def folder_pairs(
                 f"no mask for {image_path} (looked for stem {key[1]!r} in group {key[0]!r} "
                 f"matching data.masks {mask_glob!r})"
             )
-        out.append((key[0], image_path, mask_path))
+        out.append((block_of(image_path, blocks) or key[0], image_path, mask_path))
     return out
+
+
+def block_of(path: Path, blocks: Mapping[str, Sequence[float]] | None) -> str | None:
+    """The name of the block of ``blocks`` that holds the centre of georeferenced ``path``.
+
+    Spatial blocks hold out a whole area (neighbouring tiles share fields, roads and light, so
+    a random split of tiles leaks); ``None`` when no block holds it.
+
+    Raises:
+        TrainingError: when ``path`` has no georeferencing to place it by.
+    """
+    if not blocks:
+        return None
+    import rasterio
+
+    with rasterio.open(path) as src:
+        if src.crs is None:
+            raise TrainingError(
+                f"data.blocks needs georeferenced images, but {path} has no CRS; group it by "
+                "folder instead"
+            )
+        b = src.bounds
+    x, y = (b.left + b.right) / 2, (b.bottom + b.top) / 2
+    for name, (left, bottom, right, top) in blocks.items():
+        if left <= x < right and bottom <= y < top:
+            return name
+    return None
 
 
 def _pair_key(path: Path, root: Path, pattern: str | None = None) -> tuple[str, str]:

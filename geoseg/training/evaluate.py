@@ -32,7 +32,7 @@ from geoseg.errors import (
 )
 from geoseg.model import SegmentationModel, load_model
 from geoseg.training import metrics as seg_metrics
-from geoseg.training.data import folder_pairs
+from geoseg.training.calibration import confidence_histogram
 from geoseg.training.label_encoding import (
     LabelEncoding,
     encode_labels,
@@ -41,7 +41,7 @@ from geoseg.training.label_encoding import (
     rasterize_vector_labels,
 )
 from geoseg.training.label_sets import IGNORE_INDEX, LabelSets, merged_classes
-from geoseg.training.plots import plot_comparison, plot_confusion
+from geoseg.training.plots import plot_comparison, plot_confusion, plot_reliability
 from geoseg.training.scores import EvaluationResult as EvaluationResult
 from geoseg.training.scores import ImageScore as ImageScore
 from geoseg.training.scores import format_metric
@@ -100,26 +100,6 @@ def _source(cfg: TrainConfig, name: str | None) -> DataConfig:
         return cfg.source(name)
     except ConfigError as exc:
         raise InputError(f"{exc} with --source") from exc
-
-
-def held_out_pairs(
-    label_config: str | Path | Mapping[str, Any], source: str | None = None
-) -> list[tuple[Path, Path]]:
-    """(image, labels) paths of a training config's held-out groups (its ``val_groups``).
-
-    The images a model trained with that config never saw: what ``geoseg evaluate --label-config
-    CONFIG --source NAME`` scores when no pairs are given.
-    """
-    cfg = _label_config(label_config)
-    chosen = _source(cfg, source)
-    if chosen.source != "folders" or chosen.root is None:
-        return [
-            (Path(s["image"]), Path(s["labels"]))
-            for s in chosen.scenes
-            if Path(s["image"]).stem in chosen.val_groups
-        ]
-    pairs = folder_pairs(chosen.root, chosen.images, chosen.masks, chosen.pair_key)
-    return [(image, mask) for group, image, mask in pairs if group in chosen.val_groups]
 
 
 def read_labels(
@@ -215,7 +195,8 @@ def evaluate(
         tta: Test-time augmentation, as for :func:`geoseg.segment` (``none``, ``mirror``,
             ``flips``, ``d4``).
         json_path: Write the metrics here as JSON.
-        plot_dir: Save ``confusion_matrix.png`` and one ``<image>_comparison.png`` per image here.
+        plot_dir: Save ``confusion_matrix.png``, ``reliability.png`` (accuracy against
+            confidence) and one ``<image>_comparison.png`` per image here.
         log: Where status lines go.
     """
     if len(images) != len(labels):
@@ -246,6 +227,7 @@ def evaluate(
     evaluation = EvaluationResult(card.classes, total, tuple(scores), card.name, merge=merge)
     if out_dir is not None:
         plots.insert(0, plot_confusion(evaluation, out_dir / "confusion_matrix.png"))
+        plots.insert(1, plot_reliability({"all": evaluation}, out_dir / "reliability.png"))
         evaluation = dataclasses.replace(evaluation, plots=tuple(plots))
     if json_path is not None:
         _write_metrics(evaluation, Path(json_path))
@@ -339,14 +321,24 @@ def _score_image(
         allow_ungeoreferenced=True,
     )
     seconds = time.perf_counter() - t0
-    predicted = _read_classes(result.classes_path)
+    predicted = _read_band(result.classes_path)
     truth = run.sets.resolve(truth, predicted)
     cm = seg_metrics.confusion_matrix(truth, predicted, k)
+    scored = (truth < k) & (predicted < k)
+    confidence = confidence_histogram(
+        _read_band(result.confidence_path), truth == predicted, scored
+    )
     missing = seg_metrics.unpredicted(truth, predicted, k)
     if missing:
         say(f"{Path(image).name}: {missing} labelled pixels got no prediction (nodata)")
     score = ImageScore(
-        str(image), str(label_file), cm, truth.size / 1e6, seconds, unpredicted=missing
+        str(image),
+        str(label_file),
+        cm,
+        truth.size / 1e6,
+        seconds,
+        unpredicted=missing,
+        confidence=confidence,
     )
     s = seg_metrics.summarize(cm, classes.names)
     say(
@@ -368,7 +360,7 @@ def _write_metrics(evaluation: EvaluationResult, path: Path) -> None:
         raise GeosegError(f"cannot write metrics to {path}: {exc}") from exc
 
 
-def _read_classes(path: Path) -> npt.NDArray[np.uint8]:
+def _read_band(path: Path) -> npt.NDArray[np.uint8]:
     import rasterio
 
     with rasterio.open(path) as ds:

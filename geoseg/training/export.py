@@ -29,12 +29,13 @@ from geoseg.model import (
     canonical_arch,
     create_module,
     fold_logit_offsets,
+    fold_temperature,
     load_model,
     save_checkpoint,
 )
 from geoseg.training import data as train_data
 from geoseg.training import metrics as seg_metrics
-from geoseg.training.config import DataConfig, TrainConfig
+from geoseg.training.config import DataConfig, TrainConfig, TrainingConfig
 from geoseg.training.datasets import WholeImageDataset, region_of
 from geoseg.training.label_sets import LabelSets, merge_confusion
 
@@ -85,6 +86,7 @@ def build_card(
             "sampling": tc.sampling,
             "scale": list(tc.scale) if tc.scale else None,
             "color_jitter": tc.color_jitter,
+            **_robustness_summary(tc),
             "batch_size": tc.batch_size,
             "loss": tc.loss,
             "lr": tc.lr,
@@ -119,7 +121,35 @@ def gsd_range(cfg: TrainConfig) -> tuple[float, float] | None:
     low, high = cfg.training.scale or (1.0, 1.0)
     finest = min(g for g in gsds if g is not None) / high
     coarsest = max(g for g in gsds if g is not None) / low
+    target = cfg.training.target_gsd
+    if target:
+        finest = min(finest, float(target["range"][0]))
+        coarsest = max(coarsest, float(target["range"][1]))
     return (round(finest, 4), round(coarsest, 4))
+
+
+def _robustness_summary(tc: TrainingConfig) -> dict[str, Any]:
+    """The augmentation and selection settings a card records (those a run set)."""
+    out: dict[str, Any] = {}
+    if tc.hue_shift:
+        out["hue_shift"] = {
+            k: list(v) if isinstance(v, tuple) else v for k, v in tc.hue_shift.items()
+        }
+    if tc.photometric:
+        out["photometric"] = dict(tc.photometric)
+    if tc.target_gsd:
+        out["target_gsd"] = {
+            "range": list(tc.target_gsd["range"]),
+            "probability": tc.target_gsd["probability"],
+        }
+    if tc.crop_sizes:
+        out["crop_sizes"] = list(tc.crop_sizes)
+    if tc.class_balance:
+        out["class_balance"] = tc.class_balance
+    if tc.outlier_exposure:
+        out["outlier_exposure"] = dict(tc.outlier_exposure)
+    out["selection"] = tc.selection
+    return out
 
 
 def _source_summary(source: DataConfig) -> str:
@@ -137,6 +167,7 @@ def export_checkpoint(
     half: bool = True,
     tta: str | None = None,
     average_with: tuple[SegmentationModel, float] | None = None,
+    calibrate: bool = False,
 ) -> tuple[SegmentationModel, dict[str, Any]]:
     """Turn a Lightning checkpoint of this trainer into a geoseg checkpoint (float16 by default).
 
@@ -146,7 +177,8 @@ def export_checkpoint(
     default test-time augmentation (None: the checkpoint card's); it changes no weight, so a
     finished run can be exported again with another. ``average_with`` ``(init, share)`` exports
     ``share`` of ``init``'s weights plus the rest of the trained ones (see
-    :func:`average_weights`).
+    :func:`average_weights`). ``calibrate`` fits a temperature on ``val_items`` (see
+    :mod:`geoseg.training.calibration`), folds it into the weights and records it in the card.
     """
     model = load_model(lightning_ckpt)
     if tta:
@@ -163,6 +195,9 @@ def export_checkpoint(
                 for k, v in model.module.state_dict().items()
             }
             model.module.load_state_dict(state)
+        if calibrate:
+            model = calibrated(model, val_items)
+            card = model.card
         metrics = held_out_metrics(model, val_items)
         log.info("exported model on held-out images: %s", json.dumps(metrics))
     training = dict(card.training)
@@ -171,6 +206,28 @@ def export_checkpoint(
     model = SegmentationModel(model.module, card)
     save_checkpoint(model, out_path, half=half)
     return model, metrics
+
+
+def calibrated(
+    model: SegmentationModel, items: Sequence[train_data.LabelledImage]
+) -> SegmentationModel:
+    """``model`` with a temperature fitted on ``items`` folded in, its card's ``calibration`` set.
+
+    Fitted with the card's test-time augmentation (the probabilities users get); the classes
+    do not change, only the confidences.
+    """
+    from geoseg.training import calibration as cal
+
+    tta = resolve_tta(None, model.card.tta)
+    sets = card_label_sets(model.card)
+    held_out = cal.sample_logits(model, items, tta=tta)
+    temperature = cal.fit_temperature(held_out, sets)
+    before = {h.group: cal.logits_histogram(h, 1.0, sets) for h in held_out}
+    after = {h.group: cal.logits_histogram(h, temperature, sets) for h in held_out}
+    fold_temperature(model.module, temperature)
+    summary = cal.calibration_card(temperature, before, after)
+    log.info("calibration: %s", json.dumps(summary))
+    return SegmentationModel(model.module, dataclasses.replace(model.card, calibration=summary))
 
 
 def check_same_legend(init: SegmentationModel, names: Sequence[str]) -> None:
@@ -201,6 +258,10 @@ def average_weights(model: SegmentationModel, other: SegmentationModel, share: f
     """
     check_same_legend(other, model.card.classes.names)
     source = copy.deepcopy(other.module)
+    # A calibrated model's logits are divided by its temperature: average the raw ones.
+    theirs_t = float(other.card.calibration.get("temperature") or 1.0)
+    if theirs_t != 1.0:
+        fold_temperature(source, 1.0 / theirs_t)
     theirs = other.card.training.get("logit_offsets")
     ours = model.card.training.get("logit_offsets")
     if theirs or ours:
@@ -231,9 +292,9 @@ def held_out_metrics(
     card = model.card
     names = card.classes.names
     coarse = dict(card.training.get("coarse") or {})
-    by_region: dict[str, list[train_data.LabelledImage]] = {}
+    by_group: dict[str, list[train_data.LabelledImage]] = {}
     for item in items:
-        by_region.setdefault(region_of(item.group), []).append(item)
+        by_group.setdefault(item.group, []).append(item)
 
     def scores(cm: npt.NDArray[np.int64]) -> dict[str, Any]:
         summary = seg_metrics.summarize(cm, names)
@@ -249,15 +310,33 @@ def held_out_metrics(
             out["coarse"] = {"miou": c["miou"], "pixel_accuracy": c["pixel_accuracy"]}
         return out
 
-    per_region = {r: score_whole_images(model, group) for r, group in sorted(by_region.items())}
+    per_group = {g: score_whole_images(model, group) for g, group in sorted(by_group.items())}
+    per_region: dict[str, npt.NDArray[np.int64]] = {}
+    for group, cm in per_group.items():
+        region = region_of(group)
+        per_region[region] = per_region.get(region, np.zeros_like(cm)) + cm
     metrics: dict[str, Any] = {
-        "split": "whole held-out groups " + ", ".join(sorted({i.group for i in items})),
+        "split": "whole held-out groups " + ", ".join(sorted(per_group)),
         "tta": resolve_tta(None, card.tta),
-        **scores(sum(per_region.values(), np.zeros((len(names),) * 2, np.int64))),
+        **scores(sum(per_group.values(), np.zeros((len(names),) * 2, np.int64))),
     }
     if len(per_region) > 1:
         metrics["regions"] = {r: scores(cm) for r, cm in per_region.items()}
+    if len(per_group) > 1:
+        metrics["groups"] = {g: scores(cm) for g, cm in per_group.items()}
+        metrics["worst_group"] = worst_group(metrics["groups"])
     return metrics
+
+
+def worst_group(groups: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
+    """The group with the lowest (coarse, where scored) mIoU: ``{"group", "miou"}``."""
+
+    def score(entry: Mapping[str, Any]) -> float:
+        chosen = entry.get("coarse") or entry
+        return float(chosen["miou"] or 0.0)
+
+    name = min(groups, key=lambda g: score(groups[g]))
+    return {"group": name, "miou": round(score(groups[name]), 4)}
 
 
 def card_label_sets(card: ModelCard) -> LabelSets:

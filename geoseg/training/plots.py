@@ -5,7 +5,7 @@ Matplotlib (with the non-interactive ``Agg`` backend) is imported only when a pl
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -97,6 +97,39 @@ def plot_confusion(evaluation: EvaluationResult, out_path: Path) -> Path:
     miou = evaluation.summary["miou"]
     ax.set_title(f"{evaluation.model_name}\nmIoU {format_metric(miou)}", fontsize=10)
     fig.colorbar(im, ax=ax, fraction=0.046, label="share of true class")
+    fig.savefig(out_path, dpi=100)
+    plt.close(fig)
+    return out_path
+
+
+def plot_reliability(evaluations: Mapping[str, EvaluationResult], out_path: Path) -> Path:
+    """Save the reliability diagram: accuracy against confidence (15 bins), one line per group.
+
+    A calibrated model's points lie on the diagonal; the legend gives each group's ECE.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from geoseg.training.calibration import ECE_BINS, reliability_bins
+
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    fig, ax = plt.subplots(figsize=(5.5, 5.5), constrained_layout=True)
+    ax.plot([0, 1], [0, 1], color="0.6", lw=1, ls="--", label="calibrated")
+    for name, evaluation in evaluations.items():
+        hist = evaluation.confidence_histogram
+        if hist is None:
+            continue
+        confidence, accuracy, _ = reliability_bins(hist, ECE_BINS)
+        ece = (evaluation.calibration or {}).get("ece")
+        ax.plot(confidence, accuracy, marker="o", ms=4, label=f"{name} (ECE {format_metric(ece)})")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.set_xlabel("confidence (winning class probability)")
+    ax.set_ylabel("accuracy")
+    ax.set_title("reliability (15 bins)", fontsize=10)
+    ax.legend(fontsize=8, loc="upper left")
     fig.savefig(out_path, dpi=100)
     plt.close(fig)
     return out_path

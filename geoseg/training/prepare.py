@@ -32,6 +32,7 @@ from geoseg.training.config import DataConfig, TrainConfig
 from geoseg.training.datasets import RandomCropDataset, WholeImageDataset
 from geoseg.training.export import build_card, check_same_legend
 from geoseg.training.label_encoding import encoding_from_classes, encoding_from_labels
+from geoseg.training.photometric import SensorJitter
 
 # The run's logger (train.log): every training module logs under the same name.
 log = logging.getLogger("geoseg.training.train")
@@ -76,7 +77,7 @@ def prepare_data(cfg: TrainConfig) -> PreparedData:
     if init is not None and cfg.model.init_average:
         check_same_legend(init, cfg.classes.names)  # before the training, not at its export
     mean, std = _normalisation(cfg, items[0], train_items, init)
-    freq, weights, offsets = _loss_weights(cfg, train_items)
+    freq, weights, offsets = _loss_weights(cfg, train_items, mean, std)
     log.info("band mean %s std %s", _r(mean), _r(std))
     log.info("class shares %s  loss weights %s", _r(list(freq)), _r(weights) if weights else None)
     if offsets is not None:
@@ -122,6 +123,8 @@ def _load_source(cfg: TrainConfig, source: DataConfig) -> list[train_data.Labell
             bands=source.bands,
             pair_key=source.pair_key,
             group_prefix=prefix,
+            blocks=source.blocks,
+            gsd=source.gsd,
         )
     items = [
         train_data.load_raster_scene(
@@ -133,7 +136,10 @@ def _load_source(cfg: TrainConfig, source: DataConfig) -> list[train_data.Labell
         )
         for s in source.scenes
     ]
-    return [dataclasses.replace(i, name=prefix + i.name, group=prefix + i.group) for i in items]
+    return [
+        dataclasses.replace(i, name=prefix + i.name, group=prefix + i.group, gsd=source.gsd)
+        for i in items
+    ]
 
 
 def _normalisation(
@@ -169,9 +175,15 @@ def _normalisation(
 
 
 def _loss_weights(
-    cfg: TrainConfig, train_items: Sequence[train_data.LabelledImage]
+    cfg: TrainConfig,
+    train_items: Sequence[train_data.LabelledImage],
+    mean: Sequence[float],
+    std: Sequence[float],
 ) -> tuple[npt.NDArray[np.float64], list[float] | None, list[float] | None]:
-    """Label-code shares of the training images, the loss's class weights, the prior correction.
+    """Label-code shares the loss sees, the loss's class weights, the prior correction.
+
+    The shares are the training images' own, or, with class-balanced crops, those of a sample of
+    the crops themselves (the prior the network learns is the crops').
 
     Raises:
         ConfigError: when set-valued labels meet a loss that cannot learn them.
@@ -183,7 +195,12 @@ def _loss_weights(
             "with several classes); use loss: ce or ce+dice, which become the set-valued "
             "cross-entropy (plus the set-valued Dice loss)"
         )
-    freq = train_data.class_frequencies(train_items, sets.num_codes)
+    if tc.class_balance > 0:
+        crops = crop_dataset(cfg, train_items, mean, std)
+        freq = crops.label_shares(sets.num_codes)
+        log.info("class-balanced crops (share %.2f): label shares of 600 crops", tc.class_balance)
+    else:
+        freq = train_data.class_frequencies(train_items, sets.num_codes)
     weights = _class_weights(tc.class_weights, freq, sets.num_codes)
     k = len(cfg.classes)
     offsets = (
@@ -226,18 +243,7 @@ def data_loaders(
 ) -> tuple[DataLoader[dict[str, torch.Tensor]], DataLoader[dict[str, torch.Tensor]]]:
     """Loaders of random training crops and of whole validation images padded to ``stride``."""
     tc = cfg.training
-    train_set = RandomCropDataset(
-        data.train_items,
-        tc.crop,
-        tc.steps_per_epoch * tc.batch_size,
-        data.mean,
-        data.std,
-        seed=tc.seed,
-        sampling=tc.sampling,
-        scale=tc.scale,
-        color_jitter=float(tc.color_jitter),
-        hue_shift=_hue_shift(tc.hue_shift, data.card.classes.names),
-    )
+    train_set = crop_dataset(cfg, data.train_items, data.mean, data.std)
     val_set = WholeImageDataset(data.val_items, data.mean, data.std, stride=stride)
     train_loader: DataLoader[dict[str, torch.Tensor]] = DataLoader(
         train_set,  # type: ignore[arg-type]
@@ -255,12 +261,42 @@ def data_loaders(
     return train_loader, val_loader
 
 
+def crop_dataset(
+    cfg: TrainConfig,
+    items: Sequence[train_data.LabelledImage],
+    mean: Sequence[float],
+    std: Sequence[float],
+) -> RandomCropDataset:
+    """The training crops of ``cfg``: one epoch's worth, with every augmentation it names."""
+    tc = cfg.training
+    target = tc.target_gsd
+    return RandomCropDataset(
+        items,
+        tc.crop,
+        tc.steps_per_epoch * tc.batch_size,
+        mean,
+        std,
+        seed=tc.seed,
+        sampling=tc.sampling,
+        scale=tc.scale,
+        color_jitter=float(tc.color_jitter),
+        hue_shift=_hue_shift(tc.hue_shift, cfg.classes.names),
+        photometric=SensorJitter.from_config(tc.photometric) if tc.photometric else None,
+        target_gsd=(tuple(target["range"]), float(target["probability"])) if target else None,
+        crop_sizes=tc.crop_sizes,
+        batch_size=tc.batch_size,
+        class_balance=float(tc.class_balance),
+    )
+
+
 def _hue_shift(raw: Mapping[str, Any] | None, names: Sequence[str]) -> HueShift | None:
     """The dataset's :class:`~geoseg.training.data.HueShift` from the validated config section."""
     if raw is None:
         return None
     ids = tuple(list(names).index(c) for c in raw["classes"])
-    return HueShift(ids, raw["degrees"], raw["probability"], raw["brightness"])
+    return HueShift(
+        ids, raw["degrees"], raw["probability"], raw["brightness"], raw.get("independent", False)
+    )
 
 
 def _r(values: Sequence[float]) -> list[float]:

@@ -29,6 +29,8 @@ class ImageScore:
     megapixels: float
     seconds: float
     unpredicted: int = 0
+    # Wrong/right pixel counts per confidence value (geoseg.training.calibration); None: not read.
+    confidence: npt.NDArray[np.int64] | None = None
 
 
 @dataclass(frozen=True)
@@ -55,6 +57,20 @@ class EvaluationResult:
             return None
         cm, names = merge_confusion(self.confusion, self.classes.names, self.merge)
         return seg_metrics.summarize(cm, names)
+
+    @property
+    def confidence_histogram(self) -> npt.NDArray[np.int64] | None:
+        """The images' confidence histograms summed (``None`` when none was read)."""
+        hists = [s.confidence for s in self.images if s.confidence is not None]
+        return np.sum(hists, axis=0) if hists else None
+
+    @property
+    def calibration(self) -> dict[str, Any] | None:
+        """ECE (15 bins), median confidence of right and wrong pixels, low-confidence share."""
+        from geoseg.training.calibration import calibration_summary
+
+        hist = self.confidence_histogram
+        return calibration_summary(hist) if hist is not None else None
 
     @property
     def megapixels_per_second(self) -> float:
@@ -86,6 +102,7 @@ class EvaluationResult:
             "coarse": {"merge": {k: list(v) for k, v in self.merge.items()}, **coarse}
             if coarse
             else None,
+            "calibration": self.calibration,
             "megapixels_per_second": round(self.megapixels_per_second, 4),
             "images": per_image,
             "plots": [str(p) for p in self.plots],
@@ -98,6 +115,14 @@ class EvaluationResult:
         if coarse is not None:
             merged = "; ".join(f"{k} = {' + '.join(v)}" for k, v in self.merge.items())
             lines += ["", f"coarse classes ({merged}):", *_summary_table(coarse)]
+        cal = self.calibration
+        if cal is not None:
+            lines.append(
+                f"calibration: ECE {format_metric(cal['ece'])} (15 bins); median confidence "
+                f"{format_metric(cal['median_confidence_right'])} right, "
+                f"{format_metric(cal['median_confidence_wrong'])} wrong; "
+                f"{format_metric(cal['low_confidence_share'])} of pixels under 0.5"
+            )
         lines.append(
             f"images {len(self.images)}, {sum(i.megapixels for i in self.images):.2f} Mpx, "
             f"{self.megapixels_per_second:.2f} Mpx/s through the pipeline"

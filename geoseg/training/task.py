@@ -23,8 +23,10 @@ from torchgeo.trainers import SemanticSegmentationTask
 from geoseg.model import canonical_arch, create_module
 from geoseg.training import metrics as seg_metrics
 from geoseg.training import schedule
+from geoseg.training.datasets import region_of
 from geoseg.training.label_sets import IGNORE_INDEX, LabelSets, merge_confusion
 from geoseg.training.losses import SetCrossEntropy, SetCrossEntropyDice
+from geoseg.training.outliers import OutlierExposure, uniform_target_loss
 
 # The run's logger (train.log): every training module logs under the same name.
 log = logging.getLogger("geoseg.training.train")
@@ -61,6 +63,8 @@ class GeosegSegmentationTask(SemanticSegmentationTask):
         logit_offsets: Sequence[float] | None = None,
         label_sets: Sequence[Sequence[int]] | None = None,
         geoseg_card: Mapping[str, Any] | None = None,
+        selection: str = "mean",
+        outlier_exposure: Mapping[str, float] | None = None,
     ) -> None:
         # torchgeo's own 'model' switch knows only a few names; configure_models below
         # builds any smp architecture through geoseg.model instead.
@@ -78,12 +82,13 @@ class GeosegSegmentationTask(SemanticSegmentationTask):
             patience=patience,
         )
         self.hparams["model"] = canonical_arch(arch)
+        self.exposure = OutlierExposure.from_config(outlier_exposure) if outlier_exposure else None
         self.sets = LabelSets(num_classes, tuple(tuple(m) for m in label_sets or ()))
         membership = torch.from_numpy(self.sets.membership())
         first = torch.tensor([self.sets.members(c)[0] for c in range(self.sets.num_codes)])
         self.register_buffer("membership", membership, persistent=False)
         self.register_buffer("first_member", first, persistent=False)
-        # One confusion matrix per region (the source a validation image comes from).
+        # One confusion matrix per held-out group (e.g. "dubai/tile_2").
         self._confusion: dict[str, torch.Tensor] = {}
         # Training time over every session of the run, carried in the checkpoints.
         self.seconds_before = 0.0
@@ -182,8 +187,14 @@ class GeosegSegmentationTask(SemanticSegmentationTask):
     def training_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> Any:
         """The loss of one batch of crops (logged with the running metrics)."""
         x, y = batch["image"], batch["mask"]
-        logits = self(x)
+        outliers = self.exposure.outliers(x) if self.exposure is not None else x[:0]
+        logits = self(torch.cat([x, outliers])) if len(outliers) else self(x)
+        logits, outlier_logits = logits[: len(x)], logits[len(x) :]
         loss = self.criterion(logits, y)
+        if self.exposure is not None and len(outliers):
+            outlier_loss = uniform_target_loss(outlier_logits)
+            self.log("train_outlier_loss", outlier_loss, batch_size=len(outliers))
+            loss = loss + self.exposure.weight * outlier_loss
         # torchgeo's running metrics know single classes only: score set labels resolved.
         self.train_metrics(logits, self._resolve(y, logits.argmax(dim=1)))
         self.log_dict(self.train_metrics, batch_size=x.shape[0])
@@ -195,10 +206,16 @@ class GeosegSegmentationTask(SemanticSegmentationTask):
         self._confusion = {}
 
     def validation_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
-        """Add one whole held-out image to its region's confusion matrix."""
+        """Add one whole held-out image to its group's confusion matrix."""
         x, y = batch["image"], batch["mask"]
-        logits = self(x)
+        outliers = self.exposure.outliers(x) if self.exposure is not None else x[:0]
+        logits = self(torch.cat([x, outliers])) if len(outliers) else self(x)
+        logits, outlier_logits = logits[: len(x)], logits[len(x) :]
         loss = self.criterion(logits, y)
+        if self.exposure is not None and len(outliers):
+            outlier_loss = uniform_target_loss(outlier_logits)
+            self.log("train_outlier_loss", outlier_loss, batch_size=len(outliers))
+            loss = loss + self.exposure.weight * outlier_loss
         self.log("val_loss", loss, batch_size=x.shape[0], on_epoch=True)
         k = int(self.hparams["num_classes"])
         if self.logit_offsets is not None:
@@ -207,9 +224,9 @@ class GeosegSegmentationTask(SemanticSegmentationTask):
         pred = logits.argmax(dim=1)
         y = self._resolve(y, pred)
         valid = (y >= 0) & (y < k)
-        region = str(batch.get("region", ["all"])[0])
+        group = str(batch.get("group", ["all"])[0])
         cm = torch.bincount(y[valid] * k + pred[valid], minlength=k * k)
-        self._confusion[region] = self._confusion.get(region, torch.zeros_like(cm)) + cm
+        self._confusion[group] = self._confusion.get(group, torch.zeros_like(cm)) + cm
 
     def _resolve(self, y: torch.Tensor, pred: torch.Tensor) -> torch.Tensor:
         """Set-valued labels scored as :meth:`~geoseg.training.label_sets.LabelSets.resolve`."""
@@ -224,29 +241,47 @@ class GeosegSegmentationTask(SemanticSegmentationTask):
         return torch.where(is_set, single, y)
 
     def on_validation_epoch_end(self) -> None:
-        """Log ``val_miou`` (mean over regions) and ``val_accuracy``, and a line per region."""
+        """Log ``val_miou`` (the selection score) and ``val_accuracy``, and a line per group.
+
+        With ``selection="worst"`` the score is the lowest coarse mIoU of the held-out groups,
+        so no one place can carry a checkpoint; with ``"mean"`` it is the mean over regions
+        (sources), each region's groups pooled.
+        """
         k = int(self.hparams["num_classes"])
         names = [f"class_{i}" for i in range(k)]
         card = self.hparams.get("geoseg_card")
         if isinstance(card, Mapping):
             names = [c["name"] for c in card["classes"]]
-        # Model selection weighs each region alike, whatever its pixel count, and scores the
-        # coarse classes when the config has them (a source labelled with a set, like Dubai's
-        # vegetation, cannot tell its members apart).
+        # The coarse classes when the config has them (a source labelled with a set, like
+        # Dubai's vegetation, cannot tell its members apart).
         coarse = dict(card.get("training", {}).get("coarse") or {}) if card else {}
-        regions, selection = {}, {}
-        for region, flat in sorted(self._confusion.items()):
-            cm = flat.reshape(k, k).cpu().numpy()
-            regions[region] = seg_metrics.summarize(cm, names)
+        matrices = {g: flat.reshape(k, k).cpu().numpy() for g, flat in self._confusion.items()}
+        if self.hparams.get("selection", "mean") != "worst":
+            pooled: dict[str, Any] = {}
+            for group, cm in matrices.items():
+                region = region_of(group)
+                pooled[region] = pooled.get(region, 0) + cm
+            matrices = pooled
+        groups, selection = {}, {}
+        for group, cm in sorted(matrices.items()):
+            groups[group] = seg_metrics.summarize(cm, names)
             merged = merge_confusion(cm, names, coarse) if coarse else (cm, names)
-            selection[region] = seg_metrics.summarize(*merged)
+            selection[group] = seg_metrics.summarize(*merged)
         mious = [r["miou"] or 0.0 for r in selection.values()]
-        miou = float(np.mean(mious)) if mious else 0.0
+        worst = self.hparams.get("selection", "mean") == "worst"
+        miou = (float(np.min(mious)) if worst else float(np.mean(mious))) if mious else 0.0
         accuracy = [r["pixel_accuracy"] or 0.0 for r in selection.values()]
         self.log("val_miou", miou, prog_bar=True)
         self.log("val_accuracy", float(np.mean(accuracy)) if accuracy else 0.0)
         if not self.trainer.sanity_checking:
-            self._log_validation(regions, selection, coarse=bool(coarse))
+            self._log_validation(groups, selection, coarse=bool(coarse))
+            log.info(
+                "validation step %d: selection score %.4f (%s of %d)",
+                self.global_step,
+                miou,
+                "worst" if worst else "mean",
+                len(mious),
+            )
 
     def _log_validation(
         self,

@@ -239,6 +239,8 @@ def _build_task(
         logit_offsets=data.offsets,
         label_sets=[list(m) for m in cfg.label_sets.sets] or None,
         geoseg_card=card.to_dict(),
+        selection=tc.selection,
+        outlier_exposure=dict(tc.outlier_exposure) if tc.outlier_exposure else None,
     )
     if resume_from:
         check_resumable(resume_from, task.hparams)
@@ -301,6 +303,7 @@ def _export(
         },
         tta=cfg.model.tta,
         average_with=(data.init, cfg.model.init_average) if data.init is not None else None,
+        calibrate=cfg.model.calibrate,
     )
     return metrics
 

@@ -266,6 +266,38 @@ def test_without_resume_a_stale_partial_run_is_replaced(make_raster, tmp_path, o
     np.testing.assert_array_equal(read(result.classes_path), read(expected.classes_path))
 
 
+def test_resume_reuses_the_recorded_stretch(make_raster, tmp_path, monkeypatch, one_thread):
+    """A uint16 scene for a uint8 model: the resumed run maps its values with the journal's LO/HI.
+
+    It does not sample the scene again; another --scale is a changed setting, refused.
+    """
+    import geoseg.io.sample
+
+    scene = make_raster(height=300, width=70, dtype="uint16", seed=9)
+    model = conv_model(3, 4)
+    expected = segment(scene, tmp_path / "ref", model)
+    out = tmp_path / "out"
+    restore = interrupt_after(model, 12)
+    with pytest.raises(KeyboardInterrupt):
+        segment(scene, out, model)
+    restore()
+    with pytest.raises(ResumeError, match=r"settings\.scale: auto -> 0\.0,9000\.0;"):
+        segment(scene, out, model, resume=True, scale="0,9000")
+
+    def sampled_again(*args, **kwargs):
+        raise AssertionError("the resumed run computed the stretch again")
+
+    monkeypatch.setattr(geoseg.io.sample, "scene_stretch", sampled_again)
+    result = segment(scene, out, model, resume=True)
+    for name in ("classes", "confidence"):
+        np.testing.assert_array_equal(
+            read(out / f"{name}.tif"), read(expected.out_dir / f"{name}.tif"), err_msg=name
+        )
+    recorded = [json.loads((r.out_dir / "run.json").read_text())["settings"]["stretch"]
+                for r in (expected, result)]  # fmt: skip
+    assert recorded[0] == recorded[1] and recorded[0]["rule"] == "matched"
+
+
 def test_resume_with_nothing_to_resume_starts_afresh(make_raster, tmp_path):
     scene = make_raster(height=40, width=40)
     logs = []

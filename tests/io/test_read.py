@@ -10,7 +10,8 @@ from geoseg.errors import (
     NotARasterError,
     SceneNotFoundError,
 )
-from geoseg.io.read import TileReader, open_raster, scene_info, select_bands, validate_scene
+from geoseg.io.bands import select_bands
+from geoseg.io.read import TileReader, open_raster, scene_info, validate_scene
 from geoseg.types import PixelWindow
 from tests.conftest import DATA
 

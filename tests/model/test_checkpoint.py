@@ -105,6 +105,27 @@ def test_card_round_trip_and_summary():
     assert ModelCard.from_dict({k: v for k, v in c.to_dict().items() if k != "tta"}).tta is None
 
 
+def test_card_states_the_input_values_it_was_trained_on():
+    default = card().input_spec
+    assert (default.dtype, default.value_range) == ("uint8", (0.0, 255.0))
+    assert default.p2_range == (0.0, 114.75) and default.p98_range == (140.25, 255.0)
+    assert card(dtype="float32").input_spec.value_range == (0.0, 1.0)
+    assert card(dtype="uint16").input_spec.value_range == (0.0, 65535.0)
+    twelve = card(dtype="uint16", input_range=(0.0, 4095.0), input_p98_range=(2000.0, 4095.0))
+    assert twelve.input_spec.value_range == (0.0, 4095.0)
+    assert twelve.input_spec.p98_range == (2000.0, 4095.0)
+    assert ModelCard.from_dict(twelve.to_dict()) == twelve
+    assert "(uint16, values 0-4095)" in twelve.summary()
+    assert "scaled (--scale auto)" in twelve.summary()
+    # cards written before the fields existed: the dtype's range
+    old = {k: v for k, v in card().to_dict().items() if not k.startswith("input_")}
+    assert ModelCard.from_dict(old).input_spec == default
+    with pytest.raises(ModelError, match="input_range .* must be"):
+        card(input_range=(0.0, 255.0), input_p2_range=(0.0, 300.0))
+    with pytest.raises(ModelError, match="2nd percentile's below the 98th"):
+        card(input_p2_range=(0.0, 150.0), input_p98_range=(140.0, 255.0))
+
+
 def test_checkpoint_round_trip_half_precision(tmp_path):
     model = build_model(card(arch_kwargs={"decoder_channels": [32, 16, 16, 8, 8]}))
     path = save_checkpoint(model, tmp_path / "m.pt", half=True)

@@ -79,7 +79,7 @@ def test_colour_mask_in_model_colours_and_plots(scene_and_prediction, tmp_path):
     assert result.summary["pixel_accuracy"] == pytest.approx(1.0)
     assert result.summary["miou"] == pytest.approx(1.0)
     names = sorted(p.name for p in result.plots)
-    assert names == ["confusion_matrix.png", f"{scene.stem}_comparison.png"]
+    assert names == ["confusion_matrix.png", "reliability.png", f"{scene.stem}_comparison.png"]
     for p in result.plots:
         with Image.open(p) as im:
             assert im.width > 300 and im.height > 200
@@ -207,17 +207,26 @@ def test_set_valued_labels_and_merged_classes_are_scored(scene_and_prediction, t
 
 
 def test_held_out_pairs_of_a_config() -> None:
-    from geoseg.training.evaluate import held_out_pairs
+    from geoseg.training.held_out import held_out_groups, held_out_pairs
 
     cfg = yaml.safe_load(TRAIN_CONFIG.read_text())
     cfg["data"]["sources"][0]["root"] = str(DUBAI)
     cfg["data"]["sources"][1]["root"] = str(OHIO)
     dubai = held_out_pairs(cfg, "dubai")
-    assert len(dubai) == 9 and all("tile_2" in str(image) for image, _ in dubai)
+    assert len(dubai) == 10 and all("tile_2" in str(i) or "tile_1" in str(i) for i, _ in dubai)
     ohio = held_out_pairs(cfg, "ohio")
     assert len(ohio) == 43
     for image, mask in ohio:
         assert image.stem.split("_")[1] == mask.stem.split("_")[1]
+    groups = held_out_groups(cfg)
+    sizes = {key: len(pairs) for key, pairs in groups.items()}
+    # the southern block takes the 7 'val' tiles whose centres lie south of northing 4,295,000
+    assert sizes == {
+        ("dubai", "tile_2"): 9, ("dubai", "tile_1"): 1, ("ohio", "val"): 36, ("ohio", "south"): 7,
+    }  # fmt: skip
+    for image, _ in groups[("ohio", "south")]:
+        with rasterio.open(image) as src:
+            assert (src.bounds.bottom + src.bounds.top) / 2 < 4_295_000
 
 
 def test_mismatched_inputs_are_refused(scene_and_prediction, tmp_path):
@@ -251,13 +260,15 @@ GUARDS = {
 @pytest.mark.skipif(not default_model_path().exists(), reason="no shipped default model yet")
 @pytest.mark.parametrize("region", sorted(GUARDS))
 def test_shipped_default_model_on_held_out_images(region):
-    from geoseg.training.evaluate import held_out_pairs
+    from geoseg.training.held_out import held_out_groups
 
     cfg = yaml.safe_load(TRAIN_CONFIG.read_text())
     roots = {"dubai": DUBAI, "ohio": OHIO}
     for source in cfg["data"]["sources"]:
         source["root"] = str(roots[source["name"]])
-    pairs = held_out_pairs(cfg, region)
+    # the held-out images every default model was scored on: Dubai tile 2, Ohio's 43 'val' tiles
+    groups = held_out_groups(cfg, region)
+    pairs = [p for (_, group), ps in groups.items() if group != "tile_1" for p in ps]
     assert len(pairs) == {"dubai": 9, "ohio": 43}[region]
     images, labels = zip(*pairs, strict=True)
     result = evaluate(None, images, labels, label_config=cfg, source=region)

