@@ -188,7 +188,7 @@ class GeosegSegmentationTask(SemanticSegmentationTask):
         """The loss of one batch of crops (logged with the running metrics)."""
         x, y = batch["image"], batch["mask"]
         outliers = self.exposure.outliers(x) if self.exposure is not None else x[:0]
-        logits = self(torch.cat([x, outliers])) if len(outliers) else self(x)
+        logits = self(torch.cat([x, outliers]))  # no outliers: the batch as it is
         logits, outlier_logits = logits[: len(x)], logits[len(x) :]
         loss = self.criterion(logits, y)
         if self.exposure is not None and len(outliers):
@@ -209,7 +209,7 @@ class GeosegSegmentationTask(SemanticSegmentationTask):
         """Add one whole held-out image to its group's confusion matrix."""
         x, y = batch["image"], batch["mask"]
         outliers = self.exposure.outliers(x) if self.exposure is not None else x[:0]
-        logits = self(torch.cat([x, outliers])) if len(outliers) else self(x)
+        logits = self(torch.cat([x, outliers]))  # no outliers: the batch as it is
         logits, outlier_logits = logits[: len(x)], logits[len(x) :]
         loss = self.criterion(logits, y)
         if self.exposure is not None and len(outliers):
