@@ -120,7 +120,8 @@ class TrainingConfig:
     # over regions (sources).
     selection: str = "mean"
     # Crops shown again with their bands in another order, with a uniform target
-    # (geoseg.training.outliers.OutlierExposure fields): {probability: 0.25, weight: 0.5}.
+    # (geoseg.training.outliers.OutlierExposure fields):
+    # {probability: 0.25, weight: 0.5, min_change: 0.1}.
     outlier_exposure: Mapping[str, Any] | None = None
     batch_size: int = 8
     max_steps: int = 2000

@@ -26,7 +26,7 @@ from geoseg.training import schedule
 from geoseg.training.datasets import region_of
 from geoseg.training.label_sets import IGNORE_INDEX, LabelSets, merge_confusion
 from geoseg.training.losses import SetCrossEntropy, SetCrossEntropyDice
-from geoseg.training.outliers import OutlierExposure, uniform_target_loss
+from geoseg.training.outliers import OutlierExposure
 
 # The run's logger (train.log): every training module logs under the same name.
 log = logging.getLogger("geoseg.training.train")
@@ -184,15 +184,21 @@ class GeosegSegmentationTask(SemanticSegmentationTask):
             )
         super().on_load_checkpoint(checkpoint)
 
+    def _outliers(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The outlier crops for batch ``x`` and their counted pixels (none without exposure)."""
+        if self.exposure is None:
+            return x[:0], torch.zeros((0, *x.shape[2:]), dtype=torch.bool, device=x.device)
+        return self.exposure.outliers(x)
+
     def training_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> Any:
         """The loss of one batch of crops (logged with the running metrics)."""
         x, y = batch["image"], batch["mask"]
-        outliers = self.exposure.outliers(x) if self.exposure is not None else x[:0]
+        outliers, counted = self._outliers(x)
         logits = self(torch.cat([x, outliers]))  # no outliers: the batch as it is
         logits, outlier_logits = logits[: len(x)], logits[len(x) :]
         loss = self.criterion(logits, y)
         if self.exposure is not None and len(outliers):
-            outlier_loss = uniform_target_loss(outlier_logits)
+            outlier_loss = self.exposure.loss(outlier_logits, counted)
             self.log("train_outlier_loss", outlier_loss, batch_size=len(outliers))
             loss = loss + self.exposure.weight * outlier_loss
         # torchgeo's running metrics know single classes only: score set labels resolved.
@@ -208,12 +214,12 @@ class GeosegSegmentationTask(SemanticSegmentationTask):
     def validation_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
         """Add one whole held-out image to its group's confusion matrix."""
         x, y = batch["image"], batch["mask"]
-        outliers = self.exposure.outliers(x) if self.exposure is not None else x[:0]
+        outliers, counted = self._outliers(x)
         logits = self(torch.cat([x, outliers]))  # no outliers: the batch as it is
         logits, outlier_logits = logits[: len(x)], logits[len(x) :]
         loss = self.criterion(logits, y)
         if self.exposure is not None and len(outliers):
-            outlier_loss = uniform_target_loss(outlier_logits)
+            outlier_loss = self.exposure.loss(outlier_logits, counted)
             self.log("train_outlier_loss", outlier_loss, batch_size=len(outliers))
             loss = loss + self.exposure.weight * outlier_loss
         self.log("val_loss", loss, batch_size=x.shape[0], on_epoch=True)

@@ -587,7 +587,9 @@ def test_two_regions_one_legend_with_a_set_valued_label(tmp_path: Path) -> None:
     assert set(groups) == {"dubai/tile_1", "dubai/tile_2", "ohio/val", "ohio/south"}
     worst = min(groups, key=lambda g: groups[g]["coarse"]["miou"])
     assert card.metrics["worst_group"]["group"] == worst
-    assert card.training["outlier_exposure"] == {"probability": 1.0, "weight": 0.5}
+    assert card.training["outlier_exposure"] == {
+        "probability": 1.0, "weight": 0.5, "min_change": 0.1,
+    }  # fmt: skip
     metrics = "".join(p.read_text() for p in (tmp_path / "run" / "logs").rglob("metrics.csv"))
     assert "train_outlier_loss" in metrics
     for key in ("photometric", "target_gsd", "crop_sizes", "class_balance", "hue_shift"):
