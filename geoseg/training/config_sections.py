@@ -119,9 +119,9 @@ class TrainingConfig:
     # Model selection over the held-out groups: the worst group's coarse mIoU, or the mean
     # over regions (sources).
     selection: str = "mean"
-    # Crops shown again with their bands in another order, with a uniform target
+    # Crops shown again with their bands in another order, with a uniform (or capped) target
     # (geoseg.training.outliers.OutlierExposure fields):
-    # {probability: 0.25, weight: 0.5, min_change: 0.1}.
+    # {probability: 0.25, weight: 0.5, min_change: 0.1, max_confidence: null}.
     outlier_exposure: Mapping[str, Any] | None = None
     batch_size: int = 8
     max_steps: int = 2000

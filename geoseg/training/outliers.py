@@ -21,6 +21,7 @@ training (it imports torch at the top).
 from __future__ import annotations
 
 import itertools
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -36,7 +37,7 @@ class OutlierExposure:
 
     Attributes:
         probability: Chance that a crop of the batch is also shown as an outlier.
-        weight: Weight of the outliers' uniform-target loss beside the labelled loss.
+        weight: Weight of the outliers' loss (:meth:`loss`) beside the labelled loss.
         min_change: Least change of a pixel in some band, in normalised units, for the loss to
             count it (0.1 is about 13 grey levels with the default model's std of 127.5); 0
             counts every pixel.
@@ -117,17 +118,21 @@ class OutlierExposure:
         non-identity band orders, drawn uniformly. A single-band batch has none.
         """
         orders = band_orders(x.shape[1])
-        none = (x[:0], torch.zeros((0, *x.shape[2:]), dtype=torch.bool, device=x.device))
         if not orders:
-            return none
+            return no_outliers(x)
         picked = torch.rand(x.shape[0], generator=generator) < self.probability
         index = picked.nonzero().flatten().tolist()
         if not index:
-            return none
+            return no_outliers(x)
         draws = torch.randint(len(orders), (len(index),), generator=generator).tolist()
         crops = torch.stack([x[i, list(orders[d])] for i, d in zip(index, draws, strict=True)])
         change = (crops - x[index]).abs().amax(dim=1)
         return crops, change >= self.min_change
+
+
+def no_outliers(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """No outlier crops for batch ``x``: ``(0, C, H, W)`` crops and a ``(0, H, W)`` mask."""
+    return x[:0], torch.zeros((0, *x.shape[2:]), dtype=torch.bool, device=x.device)
 
 
 def band_orders(bands: int) -> list[tuple[int, ...]]:
@@ -149,8 +154,6 @@ def uniform_target_loss(logits: torch.Tensor, counted: torch.Tensor | None = Non
         - logits.mean(dim=1)
         - torch.log(torch.tensor(float(logits.shape[1]), device=logits.device))
     )
-    if counted is None:
-        return per_pixel.mean()
     return _masked_mean(per_pixel, counted)
 
 
@@ -164,7 +167,7 @@ def capped_confidence_loss(
     """
     logits = logits.float()
     log_top = logits.amax(dim=1) - torch.logsumexp(logits, dim=1)
-    per_pixel = torch.relu(log_top - float(torch.log(torch.tensor(cap))))
+    per_pixel = torch.relu(log_top - math.log(cap))
     return _masked_mean(per_pixel, counted)
 
 
@@ -176,4 +179,10 @@ def _masked_mean(per_pixel: torch.Tensor, counted: torch.Tensor | None) -> torch
     return (per_pixel * weights).sum() / weights.sum().clamp(min=1.0)
 
 
-__all__ = ["OutlierExposure", "band_orders", "capped_confidence_loss", "uniform_target_loss"]
+__all__ = [
+    "OutlierExposure",
+    "band_orders",
+    "capped_confidence_loss",
+    "no_outliers",
+    "uniform_target_loss",
+]

@@ -26,7 +26,7 @@ from geoseg.training import schedule
 from geoseg.training.datasets import region_of
 from geoseg.training.label_sets import IGNORE_INDEX, LabelSets, merge_confusion
 from geoseg.training.losses import SetCrossEntropy, SetCrossEntropyDice
-from geoseg.training.outliers import OutlierExposure
+from geoseg.training.outliers import OutlierExposure, no_outliers
 
 # The run's logger (train.log): every training module logs under the same name.
 log = logging.getLogger("geoseg.training.train")
@@ -184,23 +184,27 @@ class GeosegSegmentationTask(SemanticSegmentationTask):
             )
         super().on_load_checkpoint(checkpoint)
 
-    def _outliers(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The outlier crops for batch ``x`` and their counted pixels (none without exposure)."""
-        if self.exposure is None:
-            return x[:0], torch.zeros((0, *x.shape[2:]), dtype=torch.bool, device=x.device)
-        return self.exposure.outliers(x)
+    def _logits_and_loss(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, Any]:
+        """Logits of batch ``x`` and its loss, the outlier crops' loss added when exposed.
+
+        One forward on the batch with its outlier crops (none without exposure: the batch as
+        it is); the outliers' loss is logged as ``train_outlier_loss``.
+        """
+        exposure = self.exposure
+        outliers, counted = exposure.outliers(x) if exposure is not None else no_outliers(x)
+        logits = self(torch.cat([x, outliers]))
+        logits, outlier_logits = logits[: len(x)], logits[len(x) :]
+        loss = self.criterion(logits, y)
+        if exposure is not None and len(outliers):
+            outlier_loss = exposure.loss(outlier_logits, counted)
+            self.log("train_outlier_loss", outlier_loss, batch_size=len(outliers))
+            loss = loss + exposure.weight * outlier_loss
+        return logits, loss
 
     def training_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> Any:
         """The loss of one batch of crops (logged with the running metrics)."""
         x, y = batch["image"], batch["mask"]
-        outliers, counted = self._outliers(x)
-        logits = self(torch.cat([x, outliers]))  # no outliers: the batch as it is
-        logits, outlier_logits = logits[: len(x)], logits[len(x) :]
-        loss = self.criterion(logits, y)
-        if self.exposure is not None and len(outliers):
-            outlier_loss = self.exposure.loss(outlier_logits, counted)
-            self.log("train_outlier_loss", outlier_loss, batch_size=len(outliers))
-            loss = loss + self.exposure.weight * outlier_loss
+        logits, loss = self._logits_and_loss(x, y)
         # torchgeo's running metrics know single classes only: score set labels resolved.
         self.train_metrics(logits, self._resolve(y, logits.argmax(dim=1)))
         self.log_dict(self.train_metrics, batch_size=x.shape[0])
@@ -214,14 +218,7 @@ class GeosegSegmentationTask(SemanticSegmentationTask):
     def validation_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
         """Add one whole held-out image to its group's confusion matrix."""
         x, y = batch["image"], batch["mask"]
-        outliers, counted = self._outliers(x)
-        logits = self(torch.cat([x, outliers]))  # no outliers: the batch as it is
-        logits, outlier_logits = logits[: len(x)], logits[len(x) :]
-        loss = self.criterion(logits, y)
-        if self.exposure is not None and len(outliers):
-            outlier_loss = self.exposure.loss(outlier_logits, counted)
-            self.log("train_outlier_loss", outlier_loss, batch_size=len(outliers))
-            loss = loss + self.exposure.weight * outlier_loss
+        logits, loss = self._logits_and_loss(x, y)
         self.log("val_loss", loss, batch_size=x.shape[0], on_epoch=True)
         k = int(self.hparams["num_classes"])
         if self.logit_offsets is not None:
