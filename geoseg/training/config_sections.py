@@ -123,6 +123,10 @@ class TrainingConfig:
     # (geoseg.training.outliers.OutlierExposure fields):
     # {probability: 0.25, weight: 0.5, min_change: 0.1, max_confidence: null}.
     outlier_exposure: Mapping[str, Any] | None = None
+    # BatchNorm layers keep the start model's running statistics (their scale and shift still
+    # train): a fine-tune with small batches, strong augmentation or outlier crops otherwise
+    # re-estimates them from what the held-out images never look like.
+    freeze_batchnorm: bool = False
     batch_size: int = 8
     max_steps: int = 2000
     steps_per_epoch: int = 100
@@ -389,6 +393,10 @@ def _parse_robustness(cfg: TrainingConfig) -> TrainingConfig:
         raise ConfigError(f"training.class_balance must be a share in [0, 1], got {cb!r}")
     if cfg.selection not in SELECTIONS:
         raise ConfigError(f"training.selection must be one of {SELECTIONS}, got {cfg.selection!r}")
+    if not isinstance(cfg.freeze_batchnorm, bool):
+        raise ConfigError(
+            f"training.freeze_batchnorm must be true or false, got {cfg.freeze_batchnorm!r}"
+        )
     if cfg.outlier_exposure is not None:
         from geoseg.training.outliers import OutlierExposure
 

@@ -148,6 +148,8 @@ def _robustness_summary(tc: TrainingConfig) -> dict[str, Any]:
         out["class_balance"] = tc.class_balance
     if tc.outlier_exposure:
         out["outlier_exposure"] = dict(tc.outlier_exposure)
+    if tc.freeze_batchnorm:
+        out["freeze_batchnorm"] = True
     out["selection"] = tc.selection
     return out
 

@@ -65,6 +65,7 @@ class GeosegSegmentationTask(SemanticSegmentationTask):
         geoseg_card: Mapping[str, Any] | None = None,
         selection: str = "mean",
         outlier_exposure: Mapping[str, float] | None = None,
+        freeze_batchnorm: bool = False,
     ) -> None:
         # torchgeo's own 'model' switch knows only a few names; configure_models below
         # builds any smp architecture through geoseg.model instead.
@@ -110,6 +111,21 @@ class GeosegSegmentationTask(SemanticSegmentationTask):
             hp["num_classes"],
             **dict(hp.get("arch_kwargs") or {}),
         )
+
+    def train(self, mode: bool = True) -> GeosegSegmentationTask:
+        """Train mode, with every BatchNorm layer held in eval mode under ``freeze_batchnorm``.
+
+        Held BatchNorm layers normalise with the start model's running statistics and do not
+        update them (their affine scale and shift still learn). Lightning does not call this
+        at the start of training (``on_train_start`` does) and restores each layer's own mode
+        after a validation.
+        """
+        super().train(mode)
+        if mode and self.hparams.get("freeze_batchnorm", False):
+            for layer in self.modules():
+                if isinstance(layer, torch.nn.modules.batchnorm._BatchNorm):
+                    layer.eval()
+        return self
 
     def configure_losses(self) -> None:
         """The loss: set-valued ce (+ Dice), torchgeo's ce/focal, or smp's dice/jaccard (+ ce)."""
@@ -159,6 +175,10 @@ class GeosegSegmentationTask(SemanticSegmentationTask):
     def on_fit_start(self) -> None:
         """Start this session's training clock."""
         self.session_started = time.perf_counter()
+
+    def on_train_start(self) -> None:
+        """Enter train mode, BatchNorm held under ``freeze_batchnorm`` (see :meth:`train`)."""
+        self.train()
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Store the training time so far beside the weights."""

@@ -241,6 +241,7 @@ def _build_task(
         geoseg_card=card.to_dict(),
         selection=tc.selection,
         outlier_exposure=dict(tc.outlier_exposure) if tc.outlier_exposure else None,
+        freeze_batchnorm=tc.freeze_batchnorm,
     )
     if resume_from:
         check_resumable(resume_from, task.hparams)

@@ -148,6 +148,7 @@ def test_config_errors_name_the_key(tmp_path: Path) -> None:
         (("training", "outlier_exposure"), {"weight": -1}, "outlier_exposure.weight"),
         (("training", "outlier_exposure"), {"kinds": ["bands"]}, "unknown keys"),
         (("training", "outlier_exposure"), 0.25, "must be a mapping"),
+        (("training", "freeze_batchnorm"), "yes", "training.freeze_batchnorm must be true or"),
         (("model", "init"), "missing.pt", "model.init: checkpoint .* does not exist"),
         (("model", "init"), 3, "model.init must be"),
     ]
@@ -442,6 +443,29 @@ def test_fine_tune_from_the_default_model(tmp_path: Path) -> None:
     )
 
 
+@pytest.mark.parametrize("freeze", [True, False])
+def test_a_real_fine_tune_holds_batchnorm_statistics_when_frozen(
+    tmp_path: Path, freeze: bool
+) -> None:
+    default = load_model(None)
+    cfg = two_region_config(tmp_path)
+    cfg["model"].update(init="default", arch_kwargs=dict(default.card.arch_kwargs), calibrate=False)
+    cfg["training"].update(max_steps=2, lr=1e-3, freeze_batchnorm=freeze)
+    train(cfg)
+    tuned = load_model(tmp_path / "model.pt")
+    assert tuned.card.training.get("freeze_batchnorm", False) is freeze
+    buffers = dict(default.module.named_buffers())
+    stats = {n: b for n, b in tuned.module.named_buffers() if n.endswith("running_mean")}
+    assert stats
+    held = [torch.equal(b, buffers[n]) for n, b in stats.items()]
+    assert all(held) if freeze else not any(held)
+    # the weights learn either way
+    weights = dict(default.module.named_parameters())
+    assert any(
+        not torch.equal(p, weights[n]) for n, p in tuned.module.named_parameters() if "bn" in n
+    )
+
+
 def test_fine_tune_refuses_a_model_with_other_bands(tmp_path: Path) -> None:
     four = build_model(
         dataclasses.replace(
@@ -473,6 +497,28 @@ def test_every_loss_skips_ignored_pixels(loss: str) -> None:
     assert logits.grad is not None
     assert torch.all(logits.grad[:, :, :4] == 0)  # ignored pixels give no gradient
     assert torch.any(logits.grad[:, :, 4:] != 0)
+
+
+@pytest.mark.parametrize("freeze", [False, True])
+def test_freeze_batchnorm_keeps_running_statistics_and_trains_the_rest(freeze: bool) -> None:
+    task = GeosegSegmentationTask(
+        arch="unet", backbone="mobilenet_v2", num_classes=3, freeze_batchnorm=freeze
+    )
+    task.on_train_start()  # Lightning's hook at the start of fit (it never calls train())
+    norms = [m for m in task.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert norms and all(m.training is not freeze for m in norms)
+    assert task.model.training  # the rest of the network is in train mode either way
+    before = [m.running_mean.clone() for m in norms]
+    scale_before = norms[0].weight.detach().clone()
+    optimizer = torch.optim.SGD(task.parameters(), lr=0.1)
+    loss = task.criterion(task(torch.rand(2, 3, 32, 32) * 5), torch.randint(0, 3, (2, 32, 32)))
+    loss.backward()
+    optimizer.step()
+    kept = [torch.equal(b, m.running_mean) for b, m in zip(before, norms, strict=True)]
+    assert all(kept) is freeze  # frozen: the statistics stay; otherwise they move
+    assert not torch.equal(scale_before, norms[0].weight)  # the affine scale trains either way
+    task.eval()
+    assert not any(m.training for m in norms)
 
 
 def test_color_jitter_changes_brightness_contrast_and_tint_within_bounds() -> None:
