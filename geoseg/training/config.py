@@ -130,6 +130,8 @@ def load_config(
         coarse=_coarse(raw.get("coarse"), classes),
     )
     cfg.label_sets  # noqa: B018  (validates every label table against the legend)
+    if cfg.training.anchor and cfg.model.init is None:
+        raise ConfigError("training.anchor needs model.init (the start model to stay close to)")
     return cfg
 
 

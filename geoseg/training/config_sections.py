@@ -127,6 +127,11 @@ class TrainingConfig:
     # train): a fine-tune with small batches, strong augmentation or outlier crops otherwise
     # re-estimates them from what the held-out images never look like.
     freeze_batchnorm: bool = False
+    # Weight of the start model's pull on a fine-tune: the KL divergence from model.init's class
+    # probabilities to the network's on the labelled crops (0 = none). What the labels leave
+    # open (how sure to be, which of a set-valued label's classes) stays as it was, while the
+    # outlier exposure teaches doubt on the outliers.
+    anchor: float = 0.0
     batch_size: int = 8
     max_steps: int = 2000
     steps_per_epoch: int = 100
@@ -397,6 +402,9 @@ def _parse_robustness(cfg: TrainingConfig) -> TrainingConfig:
         raise ConfigError(
             f"training.freeze_batchnorm must be true or false, got {cfg.freeze_batchnorm!r}"
         )
+    anchor = cfg.anchor
+    if isinstance(anchor, bool) or not isinstance(anchor, int | float) or not anchor >= 0:
+        raise ConfigError(f"training.anchor must be a weight >= 0, got {anchor!r}")
     if cfg.outlier_exposure is not None:
         from geoseg.training.outliers import OutlierExposure
 

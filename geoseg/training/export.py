@@ -150,6 +150,8 @@ def _robustness_summary(tc: TrainingConfig) -> dict[str, Any]:
         out["outlier_exposure"] = dict(tc.outlier_exposure)
     if tc.freeze_batchnorm:
         out["freeze_batchnorm"] = True
+    if tc.anchor:
+        out["anchor"] = float(tc.anchor)
     out["selection"] = tc.selection
     return out
 

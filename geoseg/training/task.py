@@ -89,6 +89,9 @@ class GeosegSegmentationTask(SemanticSegmentationTask):
         first = torch.tensor([self.sets.members(c)[0] for c in range(self.sets.num_codes)])
         self.register_buffer("membership", membership, persistent=False)
         self.register_buffer("first_member", first, persistent=False)
+        # The start model a fine-tune is pulled toward (anchor_to), kept out of the task's
+        # submodules so that it is neither optimised nor saved.
+        self._anchor: tuple[torch.nn.Module, float] | None = None
         # One confusion matrix per held-out group (e.g. "dubai/tile_2").
         self._confusion: dict[str, torch.Tensor] = {}
         # Training time over every session of the run, carried in the checkpoints.
@@ -126,6 +129,15 @@ class GeosegSegmentationTask(SemanticSegmentationTask):
                 if isinstance(layer, torch.nn.modules.batchnorm._BatchNorm):
                     layer.eval()
         return self
+
+    def anchor_to(self, start: torch.nn.Module, weight: float) -> None:
+        """Add ``weight`` times the KL divergence from ``start``'s predictions to the loss.
+
+        ``start`` (frozen, in eval mode) sees the same labelled crops as the network; the
+        divergence is logged as ``train_anchor_loss``. Outlier crops are not anchored.
+        """
+        start.eval().requires_grad_(False)
+        self._anchor = (start, weight)
 
     def configure_losses(self) -> None:
         """The loss: set-valued ce (+ Dice), torchgeo's ce/focal, or smp's dice/jaccard (+ ce)."""
@@ -173,8 +185,10 @@ class GeosegSegmentationTask(SemanticSegmentationTask):
         return self.seconds_before + time.perf_counter() - self.session_started
 
     def on_fit_start(self) -> None:
-        """Start this session's training clock."""
+        """Start this session's training clock (and put the anchor on the task's device)."""
         self.session_started = time.perf_counter()
+        if self._anchor is not None:
+            self._anchor[0].to(self.device)
 
     def on_train_start(self) -> None:
         """Enter train mode, BatchNorm held under ``freeze_batchnorm`` (see :meth:`train`)."""
@@ -219,6 +233,13 @@ class GeosegSegmentationTask(SemanticSegmentationTask):
             outlier_loss = exposure.loss(outlier_logits, counted)
             self.log("train_outlier_loss", outlier_loss, batch_size=len(outliers))
             loss = loss + exposure.weight * outlier_loss
+        if self._anchor is not None:
+            start, weight = self._anchor
+            with torch.no_grad():
+                target = torch.log_softmax(start(x).float(), dim=1)
+            anchor_loss = anchor_divergence(logits, target)
+            self.log("train_anchor_loss", anchor_loss, batch_size=len(x))
+            loss = loss + weight * anchor_loss
         return logits, loss
 
     def training_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> Any:
@@ -331,6 +352,16 @@ class GeosegSegmentationTask(SemanticSegmentationTask):
                 if coarse
                 else "",
             )
+
+
+def anchor_divergence(logits: torch.Tensor, start_log_probs: torch.Tensor) -> torch.Tensor:
+    """Mean per-pixel KL divergence KL(start || network), ``(N, K, H, W)`` inputs.
+
+    ``start_log_probs`` are the start model's log-probabilities; zero exactly when the network
+    predicts the same distribution at every pixel.
+    """
+    log_probs = torch.log_softmax(logits.float(), dim=1)
+    return (start_log_probs.exp() * (start_log_probs - log_probs)).sum(dim=1).mean()
 
 
 class _SumLoss(torch.nn.Module):

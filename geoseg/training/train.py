@@ -47,6 +47,7 @@ from lightning.pytorch import Trainer, seed_everything
 from torch.utils.data import DataLoader
 
 from geoseg.errors import TrainingError
+from geoseg.model import create_module
 from geoseg.training.checkpoints import (
     best_checkpoint,
     check_resumable,
@@ -247,6 +248,18 @@ def _build_task(
         check_resumable(resume_from, task.hparams)
     else:
         load_starting_weights(task.model, cfg, data.init, card.classes.names, data.offsets)
+    if tc.anchor:
+        # The start network as this run's own first step sees it (a resumed run builds it
+        # again from model.init): frozen, and outside the task's weights and checkpoints.
+        start = create_module(
+            cfg.model.arch,
+            cfg.model.encoder,
+            card.in_channels,
+            card.num_classes,
+            **dict(cfg.model.arch_kwargs),
+        )
+        load_starting_weights(start, cfg, data.init, card.classes.names, data.offsets)
+        task.anchor_to(start, float(tc.anchor))
     return task
 
 

@@ -26,7 +26,7 @@ from geoseg.training.label_encoding import LabelEncoding, encode_labels, encodin
 from geoseg.training.losses import SetCrossEntropyDice
 from geoseg.training.prepare import logit_offsets, prepare_data
 from geoseg.training.schedule import lr_factor, restart_from_step
-from geoseg.training.task import GeosegSegmentationTask
+from geoseg.training.task import GeosegSegmentationTask, anchor_divergence
 from geoseg.training.train import export_checkpoint, load_config, load_data, train
 from tests.conftest import DATA, conv_model, write_raster
 
@@ -149,6 +149,8 @@ def test_config_errors_name_the_key(tmp_path: Path) -> None:
         (("training", "outlier_exposure"), {"kinds": ["bands"]}, "unknown keys"),
         (("training", "outlier_exposure"), 0.25, "must be a mapping"),
         (("training", "freeze_batchnorm"), "yes", "training.freeze_batchnorm must be true or"),
+        (("training", "anchor"), -1, "training.anchor must be a weight >= 0"),
+        (("training", "anchor"), 1.0, "training.anchor needs model.init"),
         (("model", "init"), "missing.pt", "model.init: checkpoint .* does not exist"),
         (("model", "init"), 3, "model.init must be"),
     ]
@@ -450,10 +452,12 @@ def test_a_real_fine_tune_holds_batchnorm_statistics_when_frozen(
     default = load_model(None)
     cfg = two_region_config(tmp_path)
     cfg["model"].update(init="default", arch_kwargs=dict(default.card.arch_kwargs), calibrate=False)
-    cfg["training"].update(max_steps=2, lr=1e-3, freeze_batchnorm=freeze)
+    # the frozen run is also anchored to the start model (which must not change its statistics)
+    cfg["training"].update(max_steps=2, lr=1e-3, freeze_batchnorm=freeze, anchor=float(freeze))
     train(cfg)
     tuned = load_model(tmp_path / "model.pt")
     assert tuned.card.training.get("freeze_batchnorm", False) is freeze
+    assert tuned.card.training.get("anchor", 0.0) == float(freeze)
     buffers = dict(default.module.named_buffers())
     stats = {n: b for n, b in tuned.module.named_buffers() if n.endswith("running_mean")}
     assert stats
@@ -519,6 +523,39 @@ def test_freeze_batchnorm_keeps_running_statistics_and_trains_the_rest(freeze: b
     assert not torch.equal(scale_before, norms[0].weight)  # the affine scale trains either way
     task.eval()
     assert not any(m.training for m in norms)
+
+
+def test_anchor_adds_the_divergence_from_the_start_model_and_trains_only_the_network() -> None:
+    torch.manual_seed(0)
+    task = GeosegSegmentationTask(
+        arch="unet", backbone="mobilenet_v2", num_classes=3, freeze_batchnorm=True
+    )
+    start = copy.deepcopy(task.model)
+    task.anchor_to(start, 2.0)
+    # the start model is neither a weight of the task nor saved with it
+    assert len(list(task.parameters())) == len(list(task.model.parameters()))
+    assert all(k.startswith("model.") or k.startswith("criterion.") for k in task.state_dict())
+    task.on_train_start()
+    x, y = torch.rand(2, 3, 32, 32), torch.randint(0, 3, (2, 32, 32))
+    logits, loss = task._logits_and_loss(x, y)
+    # the same weights, BatchNorm held: no divergence, the labelled loss alone
+    torch.testing.assert_close(loss, task.criterion(logits, y))
+    with torch.no_grad():
+        task.model.segmentation_head[0].bias += torch.tensor([2.0, 0.0, -2.0])
+    logits, loss = task._logits_and_loss(x, y)
+    start_log = torch.log_softmax(start(x), dim=1)
+    divergence = anchor_divergence(logits, start_log)
+    assert divergence > 0.1
+    torch.testing.assert_close(loss, task.criterion(logits, y) + 2.0 * divergence)
+    loss.backward()
+    assert task.model.segmentation_head[0].bias.grad is not None
+    assert all(p.grad is None for p in start.parameters())
+    # KL(p || p) is zero; KL(p || uniform) is log K minus p's entropy
+    p = torch.tensor([0.7, 0.2, 0.1]).log().view(1, 3, 1, 1)
+    assert anchor_divergence(p, p).item() == pytest.approx(0.0, abs=1e-6)
+    entropy = -(p.exp() * p).sum()
+    expected = (entropy.neg() + np.log(3)).item()
+    assert anchor_divergence(torch.zeros(1, 3, 1, 1), p).item() == pytest.approx(expected, abs=1e-6)
 
 
 def test_color_jitter_changes_brightness_contrast_and_tint_within_bounds() -> None:
