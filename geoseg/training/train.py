@@ -32,6 +32,7 @@ task), :mod:`~geoseg.training.trainer` (the ``Trainer`` and its callbacks),
 from __future__ import annotations
 
 import argparse
+import copy
 import dataclasses
 import json
 import logging
@@ -47,7 +48,6 @@ from lightning.pytorch import Trainer, seed_everything
 from torch.utils.data import DataLoader
 
 from geoseg.errors import TrainingError
-from geoseg.model import create_module
 from geoseg.training.checkpoints import (
     best_checkpoint,
     check_resumable,
@@ -249,16 +249,12 @@ def _build_task(
     else:
         load_starting_weights(task.model, cfg, data.init, card.classes.names, data.offsets)
     if tc.anchor:
-        # The start network as this run's own first step sees it (a resumed run builds it
-        # again from model.init): frozen, and outside the task's weights and checkpoints.
-        start = create_module(
-            cfg.model.arch,
-            cfg.model.encoder,
-            card.in_channels,
-            card.num_classes,
-            **dict(cfg.model.arch_kwargs),
-        )
-        load_starting_weights(start, cfg, data.init, card.classes.names, data.offsets)
+        # The start network as this run's first step sees it, frozen and outside the task's
+        # weights and checkpoints; a resumed task's weights come from its checkpoint, so its
+        # copy gets model.init's first.
+        start = copy.deepcopy(task.model)
+        if resume_from:
+            load_starting_weights(start, cfg, data.init, card.classes.names, data.offsets)
         task.anchor_to(start, float(tc.anchor))
     return task
 
