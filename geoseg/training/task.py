@@ -361,7 +361,10 @@ def anchor_divergence(logits: torch.Tensor, start_log_probs: torch.Tensor) -> to
     predicts the same distribution at every pixel.
     """
     log_probs = torch.log_softmax(logits.float(), dim=1)
-    return (start_log_probs.exp() * (start_log_probs - log_probs)).sum(dim=1).mean()
+    divergence = torch.nn.functional.kl_div(
+        log_probs, start_log_probs, reduction="none", log_target=True
+    )
+    return divergence.sum(dim=1).mean()
 
 
 class _SumLoss(torch.nn.Module):
