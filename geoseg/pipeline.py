@@ -385,7 +385,13 @@ def _vectorize(
 def _write_run_json(
     tmp_dir: Path, run: RunPlan, device: str, confidence: dict[str, Any] | None = None
 ) -> None:
-    """``run.json``: the model card, the settings the outputs were made with, the confidence."""
+    """``run.json``: the model card, the settings the outputs were made with, the confidence.
+
+    The model's entry holds its card, its metrics and ``sha256``, the digest of its card and
+    weights that a fine-tune's card names its start model by.
+    """
+    from geoseg.engine.journal import model_fingerprint
+
     card = run.model.card
     settings = {
         "tile_size": run.grid.rows.size,
@@ -401,7 +407,8 @@ def _write_run_json(
     (tmp_dir / "run.json").write_text(
         json.dumps(
             {
-                "model": card.to_dict() | {"metrics": dict(card.metrics)},
+                "model": card.to_dict()
+                | {"metrics": dict(card.metrics), "sha256": model_fingerprint(run.model)["sha256"]},
                 "settings": settings,
                 **(confidence or {}),
             },

@@ -6,6 +6,7 @@ import pytest
 import rasterio
 
 import geoseg
+from geoseg.engine.journal import model_fingerprint
 from geoseg.errors import ConfigError, OutputExistsError, ScaleError
 from geoseg.types import Stretch
 from tests.conftest import (
@@ -109,6 +110,16 @@ def test_other_dtypes(make_raster, tmp_path, dtype):
     result = run(scene, tmp_path / "out", model, tile_size=64, overlap=16)
     with rasterio.open(result.classes_path) as ds:
         assert_classes_agree(ds.read(1), whole_image_reference(model, scene))
+
+
+def test_run_json_names_the_model_by_its_digest(make_raster, tmp_path):
+    scene = make_raster()
+    model = conv_model(3, 3)
+    result = run(scene, tmp_path / "out", model)
+    recorded = json.loads((result.out_dir / "run.json").read_text())["model"]
+    assert recorded["name"] == model.card.name
+    assert recorded["sha256"] == model_fingerprint(model)["sha256"]
+    assert model_fingerprint(conv_model(3, 3, seed=1))["sha256"] != recorded["sha256"]
 
 
 def test_another_dtype_is_scaled_onto_the_model_and_recorded(make_raster, tmp_path):

@@ -132,6 +132,11 @@ class TrainingConfig:
     # open (how sure to be, which of a set-valued label's classes) stays as it was, while the
     # outlier exposure teaches doubt on the outliers.
     anchor: float = 0.0
+    # Weight of tile-size invariance: a window of half each side of every crop is also seen
+    # alone, and the KL divergence from the whole crop's prediction there to the window's is
+    # added to the loss (0 = none). A tile of a scene should be classed the same with half the
+    # context around it.
+    tile_consistency: float = 0.0
     batch_size: int = 8
     max_steps: int = 2000
     steps_per_epoch: int = 100
@@ -405,6 +410,9 @@ def _parse_robustness(cfg: TrainingConfig) -> TrainingConfig:
     anchor = cfg.anchor
     if isinstance(anchor, bool) or not isinstance(anchor, int | float) or not anchor >= 0:
         raise ConfigError(f"training.anchor must be a weight >= 0, got {anchor!r}")
+    tile = cfg.tile_consistency
+    if isinstance(tile, bool) or not isinstance(tile, int | float) or not tile >= 0:
+        raise ConfigError(f"training.tile_consistency must be a weight >= 0, got {tile!r}")
     if cfg.outlier_exposure is not None:
         from geoseg.training.outliers import OutlierExposure
 

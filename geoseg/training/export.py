@@ -99,7 +99,7 @@ def build_card(
             "coarse": {k: list(v) for k, v in cfg.coarse.items()} or None,
             "class_shares": [round(float(f), 4) for f in freq],
             "logit_offsets": _r(offsets) if offsets is not None else None,
-            "init": f"{init.card.name} ({cfg.model.init})" if init is not None else None,
+            "init": start_model(init) if init is not None else None,
         },
         gsd_range=gsd_range(cfg),
         tta=cfg.model.tta,
@@ -107,6 +107,17 @@ def build_card(
         licence=cfg.card.get("licence", ""),
         description=cfg.card.get("description", ""),
     )
+
+
+def start_model(init: SegmentationModel) -> str:
+    """The start model as a card records it: its name and the digest ``run.json`` gives it.
+
+    Not the path it was read from: a path names a machine's file, and the shipped default's
+    file holds another model after the next release.
+    """
+    from geoseg.engine.journal import model_fingerprint
+
+    return f"{init.card.name} (sha256 {model_fingerprint(init)['sha256'][:16]})"
 
 
 def gsd_range(cfg: TrainConfig) -> tuple[float, float] | None:
@@ -152,6 +163,8 @@ def _robustness_summary(tc: TrainingConfig) -> dict[str, Any]:
         out["freeze_batchnorm"] = True
     if tc.anchor:
         out["anchor"] = float(tc.anchor)
+    if tc.tile_consistency:
+        out["tile_consistency"] = float(tc.tile_consistency)
     out["selection"] = tc.selection
     return out
 

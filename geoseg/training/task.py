@@ -66,6 +66,7 @@ class GeosegSegmentationTask(SemanticSegmentationTask):
         selection: str = "mean",
         outlier_exposure: Mapping[str, float] | None = None,
         freeze_batchnorm: bool = False,
+        tile_consistency: float = 0.0,
     ) -> None:
         # torchgeo's own 'model' switch knows only a few names; configure_models below
         # builds any smp architecture through geoseg.model instead.
@@ -222,7 +223,11 @@ class GeosegSegmentationTask(SemanticSegmentationTask):
         """Logits of batch ``x`` and its loss, the outlier crops' loss added when exposed.
 
         One forward on the batch with its outlier crops (none without exposure: the batch as
-        it is); the outliers' loss is logged as ``train_outlier_loss``.
+        it is); the outliers' loss is logged as ``train_outlier_loss``. Under
+        ``tile_consistency`` a window of half each side of the crops is also seen alone, and
+        that weight times the KL divergence from the whole crops' prediction there (held
+        fixed) to the window's is added (``train_tile_consistency_loss``): less context must
+        not change the class.
         """
         exposure = self.exposure
         outliers, counted = exposure.outliers(x) if exposure is not None else no_outliers(x)
@@ -240,7 +245,21 @@ class GeosegSegmentationTask(SemanticSegmentationTask):
             anchor_loss = anchor_divergence(logits, target)
             self.log("train_anchor_loss", anchor_loss, batch_size=len(x))
             loss = loss + weight * anchor_loss
+        consistency = float(self.hparams.get("tile_consistency", 0.0))
+        if consistency:
+            window = half_window(x.shape[-2], x.shape[-1], self._output_stride())
+            if window is not None:
+                rows, cols = window
+                with torch.no_grad():
+                    whole = torch.log_softmax(logits[..., rows, cols].detach().float(), dim=1)
+                alone = anchor_divergence(self(x[..., rows, cols]), whole)
+                self.log("train_tile_consistency_loss", alone, batch_size=len(x))
+                loss = loss + consistency * alone
         return logits, loss
+
+    def _output_stride(self) -> int:
+        """The network's output stride (32 for the U-Nets): windows keep its pixel phase."""
+        return int(getattr(getattr(self.model, "encoder", None), "output_stride", 32))
 
     def training_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> Any:
         """The loss of one batch of crops (logged with the running metrics)."""
@@ -352,6 +371,21 @@ class GeosegSegmentationTask(SemanticSegmentationTask):
                 if coarse
                 else "",
             )
+
+
+def half_window(height: int, width: int, stride: int) -> tuple[slice, slice] | None:
+    """A random window of about half each side of a ``height`` x ``width`` crop, or None.
+
+    Its edges and offsets are multiples of ``stride``, so that it meets the network's pooling
+    grid as a tile of a scene does (the engine's tiles start at multiples of it); None when the
+    crop is too small to hold a window of at least one stride.
+    """
+    h, w = (height // 2) // stride * stride, (width // 2) // stride * stride
+    if h < stride or w < stride:
+        return None
+    top = int(torch.randint(0, (height - h) // stride + 1, ())) * stride
+    left = int(torch.randint(0, (width - w) // stride + 1, ())) * stride
+    return slice(top, top + h), slice(left, left + w)
 
 
 def anchor_divergence(logits: torch.Tensor, start_log_probs: torch.Tensor) -> torch.Tensor:

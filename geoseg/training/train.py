@@ -243,6 +243,7 @@ def _build_task(
         selection=tc.selection,
         outlier_exposure=dict(tc.outlier_exposure) if tc.outlier_exposure else None,
         freeze_batchnorm=tc.freeze_batchnorm,
+        tile_consistency=float(tc.tile_consistency),
     )
     if resume_from:
         check_resumable(resume_from, task.hparams)

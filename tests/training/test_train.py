@@ -16,6 +16,7 @@ import yaml
 from PIL import Image
 
 import geoseg
+from geoseg.engine.journal import model_fingerprint
 from geoseg.errors import ConfigError, TrainingError
 from geoseg.model import build_model, create_module, load_model, save_checkpoint
 from geoseg.training import data as train_data
@@ -26,7 +27,7 @@ from geoseg.training.label_encoding import LabelEncoding, encode_labels, encodin
 from geoseg.training.losses import SetCrossEntropyDice
 from geoseg.training.prepare import logit_offsets, prepare_data
 from geoseg.training.schedule import lr_factor, restart_from_step
-from geoseg.training.task import GeosegSegmentationTask, anchor_divergence
+from geoseg.training.task import GeosegSegmentationTask, anchor_divergence, half_window
 from geoseg.training.train import export_checkpoint, load_config, load_data, train
 from tests.conftest import DATA, conv_model, write_raster
 
@@ -151,6 +152,8 @@ def test_config_errors_name_the_key(tmp_path: Path) -> None:
         (("training", "freeze_batchnorm"), "yes", "training.freeze_batchnorm must be true or"),
         (("training", "anchor"), -1, "training.anchor must be a weight >= 0"),
         (("training", "anchor"), 1.0, "training.anchor needs model.init"),
+        (("training", "tile_consistency"), -0.5, "training.tile_consistency must be a weight"),
+        (("training", "tile_consistency"), True, "training.tile_consistency must be a weight"),
         (("model", "init"), "missing.pt", "model.init: checkpoint .* does not exist"),
         (("model", "init"), 3, "model.init must be"),
     ]
@@ -418,7 +421,9 @@ def test_fine_tune_from_the_default_model(tmp_path: Path) -> None:
     assert f"fine-tuning {default.card.name}" in log
     assert "model.encoder_weights is unused" in log
     tuned = load_model(tmp_path / "model.pt")
-    assert tuned.card.training["init"] == f"{default.card.name} (default)"
+    # the start model by name and by the digest run.json gives it, not by a machine's path
+    digest = model_fingerprint(default)["sha256"][:16]
+    assert tuned.card.training["init"] == f"{default.card.name} (sha256 {digest})"
     # the whole training cost: the default model's (itself fine-tuned) plus this run's
     earlier = default.card.training
     total = earlier.get("seconds_with_init", earlier["seconds"]) + tuned.card.training["seconds"]
@@ -453,11 +458,16 @@ def test_a_real_fine_tune_holds_batchnorm_statistics_when_frozen(
     cfg = two_region_config(tmp_path)
     cfg["model"].update(init="default", arch_kwargs=dict(default.card.arch_kwargs), calibrate=False)
     # the frozen run is also anchored to the start model (which must not change its statistics)
-    cfg["training"].update(max_steps=2, lr=1e-3, freeze_batchnorm=freeze, anchor=float(freeze))
+    # and, frozen, trained for tile-size invariance (through the whole loop)
+    cfg["training"].update(
+        max_steps=2, lr=1e-3, freeze_batchnorm=freeze, anchor=float(freeze),
+        tile_consistency=float(freeze),
+    )  # fmt: skip
     train(cfg)
     tuned = load_model(tmp_path / "model.pt")
     assert tuned.card.training.get("freeze_batchnorm", False) is freeze
     assert tuned.card.training.get("anchor", 0.0) == float(freeze)
+    assert tuned.card.training.get("tile_consistency", 0.0) == float(freeze)
     buffers = dict(default.module.named_buffers())
     stats = {n: b for n, b in tuned.module.named_buffers() if n.endswith("running_mean")}
     assert stats
@@ -523,6 +533,50 @@ def test_freeze_batchnorm_keeps_running_statistics_and_trains_the_rest(freeze: b
     assert not torch.equal(scale_before, norms[0].weight)  # the affine scale trains either way
     task.eval()
     assert not any(m.training for m in norms)
+
+
+def test_half_window_keeps_the_pooling_grid_and_stays_inside() -> None:
+    torch.manual_seed(0)
+    seen = set()
+    for _ in range(50):
+        window = half_window(256, 192, 32)
+        assert window is not None
+        rows, cols = window
+        assert (rows.stop - rows.start, cols.stop - cols.start) == (128, 96)
+        assert rows.start % 32 == 0 and cols.start % 32 == 0
+        assert rows.stop <= 256 and cols.stop <= 192
+        seen.add((rows.start, cols.start))
+    assert len(seen) > 4  # offsets are drawn, not always the corner
+    assert half_window(48, 256, 32) is None  # no room for a window of one stride
+
+
+def test_tile_consistency_adds_the_divergence_of_a_window_seen_alone() -> None:
+    torch.manual_seed(0)
+    task = GeosegSegmentationTask(
+        arch="unet", backbone="mobilenet_v2", num_classes=3, freeze_batchnorm=True,
+        tile_consistency=0.5,
+    )  # fmt: skip
+    task.on_train_start()
+    with torch.no_grad():  # a sharper head, so that context shows in the class probabilities
+        task.model.segmentation_head[0].weight *= 100
+    x, y = torch.rand(2, 3, 128, 128), torch.randint(0, 3, (2, 128, 128))
+    torch.manual_seed(1)
+    logits, loss = task._logits_and_loss(x, y)
+    torch.manual_seed(1)
+    window = half_window(128, 128, 32)
+    assert window is not None
+    rows, cols = window
+    whole = torch.log_softmax(logits[..., rows, cols].detach(), dim=1)
+    divergence = anchor_divergence(task(x[..., rows, cols]), whole)
+    # zero padding gives a window seen alone other edges than the same pixels in the crop
+    assert divergence > 1e-3
+    torch.testing.assert_close(loss, task.criterion(logits, y) + 0.5 * divergence)
+    loss.backward()
+    assert task.model.segmentation_head[0].bias.grad is not None
+    # without the weight the loss is the labelled loss alone
+    task.hparams["tile_consistency"] = 0.0
+    logits, loss = task._logits_and_loss(x, y)
+    torch.testing.assert_close(loss, task.criterion(logits, y))
 
 
 def test_anchor_adds_the_divergence_from_the_start_model_and_trains_only_the_network() -> None:
