@@ -31,6 +31,7 @@ from geoseg.model import (
     fold_logit_offsets,
     fold_temperature,
     load_model,
+    output_stride_of,
     save_checkpoint,
 )
 from geoseg.training import data as train_data
@@ -61,7 +62,7 @@ def build_card(
     module = create_module(
         cfg.model.arch, cfg.model.encoder, n, len(cfg.classes), **dict(cfg.model.arch_kwargs)
     )
-    stride = int(getattr(getattr(module, "encoder", None), "output_stride", 32))
+    stride = output_stride_of(module)
     if cfg.model.tile_size % stride:
         raise ConfigError(f"model.tile_size {cfg.model.tile_size} must be a multiple of {stride}")
     tc = cfg.training

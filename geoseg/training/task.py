@@ -20,7 +20,7 @@ import segmentation_models_pytorch as smp
 import torch
 from torchgeo.trainers import SemanticSegmentationTask
 
-from geoseg.model import canonical_arch, create_module
+from geoseg.model import canonical_arch, create_module, output_stride_of
 from geoseg.training import metrics as seg_metrics
 from geoseg.training import schedule
 from geoseg.training.datasets import region_of
@@ -247,7 +247,7 @@ class GeosegSegmentationTask(SemanticSegmentationTask):
             loss = loss + weight * anchor_loss
         consistency = float(self.hparams.get("tile_consistency", 0.0))
         if consistency:
-            window = half_window(x.shape[-2], x.shape[-1], self._output_stride())
+            window = half_window(x.shape[-2], x.shape[-1], output_stride_of(self.model))
             if window is not None:
                 rows, cols = window
                 with torch.no_grad():
@@ -256,10 +256,6 @@ class GeosegSegmentationTask(SemanticSegmentationTask):
                 self.log("train_tile_consistency_loss", alone, batch_size=len(x))
                 loss = loss + consistency * alone
         return logits, loss
-
-    def _output_stride(self) -> int:
-        """The network's output stride (32 for the U-Nets): windows keep its pixel phase."""
-        return int(getattr(getattr(self.model, "encoder", None), "output_stride", 32))
 
     def training_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> Any:
         """The loss of one batch of crops (logged with the running metrics)."""

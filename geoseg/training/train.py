@@ -48,6 +48,7 @@ from lightning.pytorch import Trainer, seed_everything
 from torch.utils.data import DataLoader
 
 from geoseg.errors import TrainingError
+from geoseg.model import output_stride_of
 from geoseg.training.checkpoints import (
     best_checkpoint,
     check_resumable,
@@ -131,7 +132,7 @@ def train(
     started = time.perf_counter()
     data = prepare_data(cfg)
     task = _build_task(cfg, data, resume_from)
-    stride = int(getattr(task.model.encoder, "output_stride", 32))
+    stride = output_stride_of(task.model)
     train_loader, val_loader = data_loaders(cfg, data, stride)
     ckpt_dir = _checkpoint_dir(cfg)
     trainer = build_trainer(
