@@ -322,7 +322,7 @@ def _write_outputs(
         say("geoseg: every tile is nodata; outputs hold nodata only")
     preview_path = _preview(scene, run, paths["classes"], partial.path, timings)
     vector_path = _vectorize(paths["classes"], card.classes, cfg, partial.path, timings)
-    _write_run_json(partial.path, run, stats.device, confidence.to_dict())
+    _write_run_json(partial, run, stats.device, confidence.to_dict())
     return SegmentResult(
         scene=str(scene), out_dir=partial.path, classes_path=paths["classes"],
         confidence_path=paths["confidence"], probabilities_path=paths.get("probabilities"),
@@ -383,15 +383,13 @@ def _vectorize(
 
 
 def _write_run_json(
-    tmp_dir: Path, run: RunPlan, device: str, confidence: dict[str, Any] | None = None
+    partial: PartialRun, run: RunPlan, device: str, confidence: dict[str, Any] | None = None
 ) -> None:
     """``run.json``: the model card, the settings the outputs were made with, the confidence.
 
     The model's entry holds its card, its metrics and ``sha256``, the digest of its card and
-    weights that a fine-tune's card names its start model by.
+    weights that a fine-tune's card names its start model by (the journal's, computed once).
     """
-    from geoseg.engine.journal import model_fingerprint
-
     card = run.model.card
     settings = {
         "tile_size": run.grid.rows.size,
@@ -404,11 +402,11 @@ def _write_run_json(
         **run.read_grid.settings(),
         **run.stretch_settings(),
     }
-    (tmp_dir / "run.json").write_text(
+    sha256 = partial.fingerprint["model"]["sha256"]
+    (partial.path / "run.json").write_text(
         json.dumps(
             {
-                "model": card.to_dict()
-                | {"metrics": dict(card.metrics), "sha256": model_fingerprint(run.model)["sha256"]},
+                "model": card.to_dict() | {"metrics": dict(card.metrics), "sha256": sha256},
                 "settings": settings,
                 **(confidence or {}),
             },

@@ -210,10 +210,18 @@ class PartialRun:
     :meth:`suspend` made what the writers hold durable) or :meth:`discard` (failed: remove).
     """
 
-    def __init__(self, path: Path, target: Path, lock: IO[str] | None, rows_done: int) -> None:
+    def __init__(
+        self,
+        path: Path,
+        target: Path,
+        lock: IO[str] | None,
+        rows_done: int,
+        fingerprint: Mapping[str, Any],
+    ) -> None:
         self.path = path
         self.target = target
         self.rows_done = rows_done
+        self.fingerprint = dict(fingerprint)  # the run's (scene, model, settings), as journaled
         self._lock_handle = lock
         self._mutex = threading.Lock()
 
@@ -253,7 +261,7 @@ class PartialRun:
                         "without --resume to start over"
                     )
                 say(f"geoseg: resuming {target}: output rows 0..{state.rows_done} are done")
-                return cls(path, target, lock, state.rows_done)
+                return cls(path, target, lock, state.rows_done, wanted)
             if resume:
                 say(f"geoseg: {path} holds no usable journal; starting {target} from the beginning")
             else:
@@ -273,7 +281,7 @@ class PartialRun:
             raise OutputError(
                 f"cannot create {path}: {exc.strerror}; pass -o with a folder you can write to"
             ) from exc
-        run = cls(path, target, _acquire_lock(path, target), 0)
+        run = cls(path, target, _acquire_lock(path, target), 0, wanted)
         run._append({"event": "start", "version": JOURNAL_VERSION, "fingerprint": wanted})
         return run
 
