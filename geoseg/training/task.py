@@ -250,8 +250,7 @@ class GeosegSegmentationTask(SemanticSegmentationTask):
             window = half_window(x.shape[-2], x.shape[-1], output_stride_of(self.model))
             if window is not None:
                 rows, cols = window
-                with torch.no_grad():
-                    whole = torch.log_softmax(logits[..., rows, cols].detach().float(), dim=1)
+                whole = torch.log_softmax(logits[..., rows, cols].detach().float(), dim=1)
                 alone = anchor_divergence(self(x[..., rows, cols]), whole)
                 self.log("train_tile_consistency_loss", alone, batch_size=len(x))
                 loss = loss + consistency * alone
