@@ -175,15 +175,13 @@ def _warn_outside_range(info: Any, card: Any) -> None:
     ``segment_array`` reads the array at its own pixel size, as ``segment(resolution="native")``
     does: resampling a chunked array belongs to the user (``rio.reproject``) or to the file path.
     """
-    import warnings
-
-    from geoseg.errors import ResolutionWarning
+    from geoseg.errors import ResolutionWarning, warn
     from geoseg.io.grid import auto_gsd, scene_gsd
 
     gsd, span = scene_gsd(info), card.gsd_range
     if gsd is None or not span or span[0] <= gsd <= span[1]:
         return
-    warnings.warn(
+    warn(
         f"the array's pixels are {gsd:.3g} m, outside the {span[0]:g}-{span[1]:g} m the model was "
         "trained at; segment_array reads them as they are: resample first "
         f"(e.g. data.rio.reproject(data.rio.crs, resolution={auto_gsd(gsd, span):g})) "

@@ -7,6 +7,11 @@ callers can catch either. Messages say what happened and what to do next.
 
 from __future__ import annotations
 
+import contextlib
+import threading
+import warnings
+from collections.abc import Iterator
+
 
 class GeosegError(Exception):
     """Root of all geoseg errors; the CLI turns these into a one-line message and exit status 1."""
@@ -86,3 +91,32 @@ class ResolutionWarning(GeosegWarning):
 
 class LowConfidenceWarning(GeosegWarning):
     """Far more of the scene has low confidence than the model's held-out images had."""
+
+
+_recording = threading.local()  # per thread: the records of the runs being recorded
+
+
+def warn(message: str, category: type[GeosegWarning], stacklevel: int = 1) -> None:
+    """``warnings.warn`` for a geoseg warning; the run being recorded in this thread keeps it.
+
+    ``stacklevel`` counts from the caller, as with :func:`warnings.warn`.
+    """
+    runs = getattr(_recording, "runs", None)
+    if runs:
+        runs[-1].append({"category": category.__name__, "message": message})
+    warnings.warn(message, category, stacklevel=stacklevel + 1)
+
+
+@contextlib.contextmanager
+def recorded_warnings() -> Iterator[list[dict[str, str]]]:
+    """The geoseg warnings raised in this thread inside the block, as ``{"category", "message"}``.
+
+    Each is kept whether or not the warning filters show it: ``run.json`` lists them.
+    """
+    records: list[dict[str, str]] = []
+    runs: list[list[dict[str, str]]] = _recording.__dict__.setdefault("runs", [])
+    runs.append(records)
+    try:
+        yield records
+    finally:
+        runs.pop()

@@ -29,7 +29,7 @@ from geoseg.engine.plan import (
     open_scene,
     plan_run,
 )
-from geoseg.errors import GeosegError, OutputError
+from geoseg.errors import GeosegError, OutputError, recorded_warnings
 from geoseg.model import ModelCard, SegmentationModel
 from geoseg.types import ClassTable
 
@@ -224,8 +224,7 @@ def segment(
         engine: what turns tiles into bands (default :func:`local_engine`; dask: distributed).
         resume: continue the interrupted run into ``out_dir`` (same inputs, else ResumeError).
         resolution: the pixel size tiles are read at: ``auto`` (default: the model's own when
-            the scene's lies outside the range it was trained at), ``native`` or metres;
-            outputs are always on the scene's own grid (see :mod:`geoseg.io.grid`).
+            the scene's is outside its range), ``native`` or metres; outputs keep the scene's grid.
         scale: scene values to the model's: auto (default), none, LO,HI, pN,pM (io.stretch).
     """
     t_start = time.perf_counter()
@@ -236,13 +235,14 @@ def segment(
         preview=preview, min_area=min_area, simplify=simplify, tta=tta, resolution=resolution,
         scale=scale,
     )  # fmt: skip
-    opened = open_scene(scene, allow_ungeoreferenced=allow_ungeoreferenced)
-    target = Path(out_dir) if out_dir is not None else default_out_dir(scene)
-    check_target(target, overwrite=overwrite)
-    run = plan_run(opened, target, model_for(model, cfg), cfg, say, resume=resume)
-    partial = open_partial(run, resume=resume, say=say)
-    result = _run_in_partial(str(scene), run, partial, overwrite=overwrite, progress=progress,
-                             say=say, engine=engine)  # fmt: skip
+    with recorded_warnings() as warned:  # run.json lists the geoseg warnings this run raised
+        opened = open_scene(scene, allow_ungeoreferenced=allow_ungeoreferenced)
+        target = Path(out_dir) if out_dir is not None else default_out_dir(scene)
+        check_target(target, overwrite=overwrite)
+        run = plan_run(opened, target, model_for(model, cfg), cfg, say, resume=resume)
+        partial = open_partial(run, resume=resume, say=say)
+        result = _run_in_partial(str(scene), run, partial, warned, overwrite=overwrite,
+                                 progress=progress, say=say, engine=engine)  # fmt: skip
     result.timings["total"] = time.perf_counter() - t_start
     return _in_target(result, partial.path, run)
 
@@ -255,6 +255,7 @@ def _run_in_partial(
     scene: str,
     run: RunPlan,
     partial: PartialRun,
+    warned: list[dict[str, str]],
     *,
     overwrite: bool,
     progress: bool,
@@ -277,7 +278,9 @@ def _run_in_partial(
         if run.scene.vrt_xml is not None:
             source = mosaic.write_vrt(run.scene.vrt_xml, tmp_dir / "mosaic.vrt")
         with rasterio.Env(GDAL_CACHEMAX=256 * 1024 * 1024, GDAL_NUM_THREADS="ALL_CPUS"):
-            result = _write_outputs(source, run, partial, progress, say, engine or local_engine)
+            result = _write_outputs(
+                source, run, partial, warned, progress, say, engine or local_engine
+            )
         partial.finish(overwrite=overwrite)
     except KeyboardInterrupt:
         partial.keep()  # for --resume; the journal says what is done
@@ -295,8 +298,9 @@ def _run_in_partial(
 
 
 def _write_outputs(
-    scene: str | Path, run: RunPlan, partial: PartialRun, progress: bool, say: Log, engine: Engine
-) -> SegmentResult:
+    scene: str | Path, run: RunPlan, partial: PartialRun, warned: list[dict[str, str]],
+    progress: bool, say: Log, engine: Engine,
+) -> SegmentResult:  # fmt: skip
     """Write the rasters of ``scene`` (its file, or a mosaic's VRT), then the other outputs."""
     from geoseg.engine.outputs import open_writers, write_rasters
     from geoseg.vector.qgis import write_raster_style
@@ -322,7 +326,7 @@ def _write_outputs(
         say("geoseg: every tile is nodata; outputs hold nodata only")
     preview_path = _preview(scene, run, paths["classes"], partial.path, timings)
     vector_path = _vectorize(paths["classes"], card.classes, cfg, partial.path, timings)
-    _write_run_json(partial, run, stats.device, confidence.to_dict())
+    _write_run_json(partial, run, stats.device, confidence.to_dict(), warned)
     return SegmentResult(
         scene=str(scene), out_dir=partial.path, classes_path=paths["classes"],
         confidence_path=paths["confidence"], probabilities_path=paths.get("probabilities"),
@@ -383,9 +387,10 @@ def _vectorize(
 
 
 def _write_run_json(
-    partial: PartialRun, run: RunPlan, device: str, confidence: dict[str, Any] | None = None
-) -> None:
-    """``run.json``: the model card, the settings the outputs were made with, the confidence.
+    partial: PartialRun, run: RunPlan, device: str, confidence: dict[str, Any] | None = None,
+    warned: list[dict[str, str]] | None = None,
+) -> None:  # fmt: skip
+    """``run.json``: the model card, the settings, the confidence and the warnings shown.
 
     The model's entry holds its card, its metrics and ``sha256``, the digest of its card and
     weights that a fine-tune's card names its start model by (the journal's, computed once).
@@ -409,6 +414,7 @@ def _write_run_json(
                 "model": card.to_dict() | {"metrics": dict(card.metrics), "sha256": sha256},
                 "settings": settings,
                 **(confidence or {}),
+                "warnings": list(warned or []),
             },
             indent=2,
             default=str,

@@ -409,3 +409,38 @@ def test_memory_estimate_grows_with_every_setting():
     # a default U-Net run (512 px tiles, batch 8) needs a few GB: the machines it targets
     assert 1e9 < total < 8e9
     assert format_bytes(total).endswith("GB")
+
+
+def _warn_coarse_and_plain():
+    import warnings
+
+    from geoseg.errors import ResolutionWarning, warn
+
+    warn("coarse", ResolutionWarning)
+    warnings.warn("plain", UserWarning, stacklevel=1)
+
+
+def test_recorded_warnings_keeps_this_threads_geoseg_warnings_whatever_the_filters():
+    import threading
+    import warnings
+
+    from geoseg.errors import ResolutionWarning, recorded_warnings
+
+    with warnings.catch_warnings(record=True) as shown:
+        warnings.simplefilter("default")  # Python's own: once per line, then silent
+        with recorded_warnings() as outer:
+            _warn_coarse_and_plain()
+            with recorded_warnings() as inner:  # a run inside a run keeps its own
+                _warn_coarse_and_plain()
+                other = threading.Thread(target=_warn_coarse_and_plain)  # not this run's
+                other.start()
+                other.join()
+        warnings.simplefilter("ignore", ResolutionWarning)
+        with recorded_warnings() as ignored:
+            _warn_coarse_and_plain()
+    coarse = {"category": "ResolutionWarning", "message": "coarse"}
+    assert outer == [coarse] and inner == [coarse] and ignored == [coarse]
+    # shown once per line until the filters change (the "ignore" resets Python's memory)
+    assert [w.category for w in shown] == [ResolutionWarning, UserWarning, UserWarning]
+    assert shown[0].filename == __file__  # the warning points at warn's caller
+    _warn_coarse_and_plain()  # outside any recorded block: nothing kept, nothing fails

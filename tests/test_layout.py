@@ -114,6 +114,22 @@ def test_modules_and_functions_fit_on_a_screen(path: Path) -> None:
     assert not long, f"functions over {MAX_FUNCTION_LINES} lines in {path.name}: {long}"
 
 
+def test_warnings_go_through_geoseg_errors_warn() -> None:
+    # geoseg.errors.warn keeps a run's warnings for run.json; a bare warnings.warn would not.
+    bare = [
+        f"{path.relative_to(PACKAGE)}:{node.lineno}"
+        for path in _modules()
+        if path.name != "errors.py"
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8")))
+        if isinstance(node, ast.Call)
+        and isinstance(node.func, ast.Attribute)
+        and node.func.attr == "warn"
+        and isinstance(node.func.value, ast.Name)
+        and node.func.value.id == "warnings"
+    ]
+    assert not bare, f"use geoseg.errors.warn: {bare}"
+
+
 def test_the_layout_checker_catches_an_upward_import(tmp_path: Path) -> None:
     source = tmp_path / "probe.py"
     source.write_text("def f():\n    from geoseg.training.train import train\n")

@@ -116,7 +116,9 @@ def test_run_json_names_the_model_by_its_digest(make_raster, tmp_path):
     scene = make_raster()
     model = conv_model(3, 3)
     result = run(scene, tmp_path / "out", model)
-    recorded = json.loads((result.out_dir / "run.json").read_text())["model"]
+    written = json.loads((result.out_dir / "run.json").read_text())
+    assert written["warnings"] == []  # a georeferenced scene, a model without a pixel-size range
+    recorded = written["model"]
     assert recorded["name"] == model.card.name
     assert recorded["sha256"] == model_fingerprint(model)["sha256"]
     assert model_fingerprint(conv_model(3, 3, seed=1))["sha256"] != recorded["sha256"]

@@ -10,7 +10,6 @@ warning, and the run records the share in ``run.json``.
 from __future__ import annotations
 
 import math
-import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -18,7 +17,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from geoseg.errors import LowConfidenceWarning
+from geoseg.errors import LowConfidenceWarning, warn
 
 #: The confidence under which a pixel counts as uncertain when a card names none.
 LOW_CONFIDENCE = 0.5
@@ -83,7 +82,7 @@ def check_low_confidence(
     check = ConfidenceCheck(share_below(counts, threshold), threshold, seen, limit)  # type: ignore[arg-type]
     if check.unusual:
         assert check.share is not None and seen is not None
-        warnings.warn(
+        warn(
             f"{check.share:.0%} of {scene}'s pixels have a confidence under {threshold:g}, "
             f"against {seen[0]:.0%}-{seen[1]:.0%} on the model's held-out images: the scene is "
             "unlike what the model was trained on (other bands, sensor or pixel size?); check "

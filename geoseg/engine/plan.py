@@ -12,7 +12,6 @@ from __future__ import annotations
 import dataclasses
 import os
 import time
-import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +24,7 @@ from geoseg.errors import (
     OutputExistsError,
     ResolutionWarning,
     UngeoreferencedWarning,
+    warn,
 )
 from geoseg.model import SegmentationModel, load_default, load_model
 from geoseg.types import Stretch
@@ -111,7 +111,7 @@ def open_scene(
                 readmod.warn_alpha_data(ds, alpha_band)
     readmod.validate_scene(info, allow_ungeoreferenced=allow_ungeoreferenced)
     if not info.georeferenced:
-        warnings.warn(
+        warn(
             f"{info.path} has no georeferencing; outputs carry pixel coordinates",
             UngeoreferencedWarning,
             stacklevel=3,
@@ -230,7 +230,7 @@ def _say_resolution(read_grid: ReadGrid, card: Any, resolution: str | float, say
         f"; --resolution {resolution} was asked (--resolution {nearest:g} reads it at the "
         "nearest pixel size the model was trained at)"
     )
-    warnings.warn(
+    warn(
         f"the scene's pixels are {gsd:.3g} m, outside the {span[0]:g}-{span[1]:g} m the model "
         f"was trained at, and it is read at that size{why}",
         ResolutionWarning,

@@ -7,10 +7,9 @@ interpretations and descriptions, with aliases (``R``, ``near-infrared``, Sentin
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Sequence
 
-from geoseg.errors import BandMismatchError, BandOrderWarning
+from geoseg.errors import BandMismatchError, BandOrderWarning, warn
 from geoseg.io.read import SceneInfo
 
 #: Names a band may go by, mapped to the canonical name used in model cards.
@@ -81,7 +80,7 @@ def select_bands(
         return tuple(range(1, n + 1))
     generic = all(name in ("gray", "undefined") or name.startswith("band_") for name in scene_names)
     if generic and info.count > n:
-        warnings.warn(
+        warn(
             f"{info.path} does not name its bands; assuming bands 1..{n} are "
             f"{', '.join(wanted)}. Pass --bands to choose others.",
             BandOrderWarning,

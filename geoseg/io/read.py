@@ -9,7 +9,6 @@ inputs, non-finite values.
 from __future__ import annotations
 
 import threading
-import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +25,7 @@ from geoseg.errors import (
     MissingGeoreferenceError,
     NotARasterError,
     SceneNotFoundError,
+    warn,
 )
 from geoseg.types import PixelWindow
 
@@ -218,7 +218,7 @@ def nodata_only_validity(dataset: Any) -> bool:
 
 def warn_alpha_data(dataset: Any, band: int) -> None:
     """Say once per scene that an alpha-tagged band is read as data."""
-    warnings.warn(
+    warn(
         f"{dataset.name}: band {band} is tagged alpha but holds data (values other than 0 and "
         "the maximum, e.g. near-infrared), so it is read as a band, not as a validity mask; "
         f"retag it with gdal_edit.py -colorinterp_{band} undefined to silence this",

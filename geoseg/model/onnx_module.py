@@ -26,14 +26,13 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import warnings
 from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from geoseg.errors import GeosegWarning, ModelError
+from geoseg.errors import GeosegWarning, ModelError, warn
 from geoseg.model.onnx import OnnxSignature, new_session
 
 #: Probabilities are clipped to at least this before the logarithm, so that no logit is -inf.
@@ -134,7 +133,7 @@ class OnnxModule(torch.nn.Module):
         if key not in self._sessions:
             session = new_session(self.model_bytes, device=str(device), threads=threads)
             if device.type == "cuda" and "CUDAExecutionProvider" not in session.get_providers():
-                warnings.warn(
+                warn(
                     "onnxruntime has no CUDA provider here (install onnxruntime-gpu); "
                     f"{self.source} runs on the CPU",
                     GeosegWarning,

@@ -17,7 +17,6 @@ import os
 import shutil
 import tempfile
 import time
-import warnings
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass, field
@@ -39,6 +38,7 @@ from geoseg.errors import (
     OutputExistsError,
     SceneNotFoundError,
     UngeoreferencedWarning,
+    warn,
 )
 from geoseg.types import ClassInfo, ClassTable, PixelWindow, default_color
 from geoseg.vector.blocks import BlockMap, block_map, block_windows
@@ -126,7 +126,7 @@ def vectorize(
     out = Path(out_path)
     info = _inspect(src)
     if info.crs_wkt is None:
-        warnings.warn(
+        warn(
             f"{src} has no CRS: polygons keep the raster's own coordinates and "
             "area_m2/perimeter_m are in its units",
             UngeoreferencedWarning,

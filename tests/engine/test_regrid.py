@@ -158,6 +158,9 @@ def test_auto_does_not_upsample_coarser_scenes_and_warns(make_raster, tmp_path):
     with pytest.warns(ResolutionWarning, match="outside the 0.4-1.5 m.*does not up-sample"):
         result = run(scene, tmp_path / "out", model)
     assert read_all(result.classes_path).shape == (1, 40, 40)
+    warned = json.loads((result.out_dir / "run.json").read_text())["warnings"]
+    assert [w["category"] for w in warned] == ["ResolutionWarning"]
+    assert "outside the 0.4-1.5 m" in warned[0]["message"]
 
 
 def test_a_pixel_size_for_an_ungeoreferenced_scene_is_refused(tmp_path):
