@@ -112,6 +112,10 @@ class TrainingConfig:
     # With probability p a crop is zoomed so that its source's gsd becomes a size drawn
     # log-uniformly from the range; otherwise by ``scale``.
     target_gsd: Mapping[str, Any] | None = None
+    # Edge k of the patchwork (k x k images of one size and pixel size, labels and all) a small
+    # image is laid into when a target_gsd window outgrows it (0 = none): tiles of 256 px at
+    # 0.6 m can then be read at 5 m. Needs target_gsd.
+    mosaic: int = 0
     # Crop edges cycled batch by batch (each batch one size), so context size varies; () = crop.
     crop_sizes: tuple[int, ...] = ()
     # Share of crops centred on a pixel of a label code drawn uniformly (class-balanced crops).
@@ -398,6 +402,14 @@ def _parse_robustness(cfg: TrainingConfig) -> TrainingConfig:
     ):
         raise ConfigError(f"training.crop_sizes must list crop edges >= 32 px, got {sizes!r}")
     cfg = dataclasses.replace(cfg, crop_sizes=tuple(sizes))
+    k = cfg.mosaic
+    if isinstance(k, bool) or not isinstance(k, int) or not 0 <= k <= 16:
+        raise ConfigError(f"training.mosaic must be a patchwork edge 0-16 (images), got {k!r}")
+    if k > 1 and cfg.target_gsd is None:
+        raise ConfigError(
+            "training.mosaic lays small images side by side for target_gsd windows; set "
+            "training.target_gsd too (e.g. {range: [0.3, 5.0], probability: 0.25}) or drop it"
+        )
     cb = cfg.class_balance
     if isinstance(cb, bool) or not isinstance(cb, int | float) or not 0 <= cb <= 1:
         raise ConfigError(f"training.class_balance must be a share in [0, 1], got {cb!r}")

@@ -50,6 +50,10 @@ class RandomCropDataset:
     edge per batch of ``batch_size`` consecutive items, cycled, so the context a crop gives
     varies), ``class_balance`` (that share of crops is centred on a pixel of a label code drawn
     uniformly) and ``photometric`` (:class:`~geoseg.training.photometric.SensorJitter`).
+    ``mosaic`` (k > 1) lets a ``target_gsd`` window outgrow a small image: the image is laid,
+    at a random cell, into a k x k patchwork of images of its own size and pixel size (drawn
+    at random, each flipped or rotated), labels and all, and the window is read from that, so
+    that small tiles can be seen at a pixel size many times their own.
     """
 
     def __init__(
@@ -71,6 +75,7 @@ class RandomCropDataset:
         crop_sizes: Sequence[int] = (),
         batch_size: int = 1,
         class_balance: float = 0.0,
+        mosaic: int = 0,
     ) -> None:
         if not items:
             raise TrainingError("no training images")
@@ -96,6 +101,8 @@ class RandomCropDataset:
         self.batch_size = max(int(batch_size), 1)
         self.balance = ClassBalancedCentres(self.items) if class_balance > 0 else None
         self.class_balance = float(class_balance)
+        self.mosaic = int(mosaic)
+        self._peers = mosaic_peers(self.items) if self.mosaic > 1 else {}
         pixels = np.array([i.pixels for i in self.items], dtype=np.float64)
         draw = {"pixels": pixels, "sqrt": np.sqrt(pixels), "images": np.ones_like(pixels)}
         self.weights = draw[sampling] / draw[sampling].sum()
@@ -126,9 +133,13 @@ class RandomCropDataset:
         else:
             item_index, centre = int(rng.choice(len(self.items), p=self.weights)), None
         item = self.items[item_index]
-        window = self._window(item, crop, rng) if self.augment else crop
+        window = self._window(item_index, crop, rng) if self.augment else crop
+        source, labels = item.image, item.label
+        if window > max(item.image.shape[1:]) and item_index in self._peers:
+            source, labels, (top, left) = self._patchwork(item_index, rng)
+            centre = None if centre is None else (centre[0] + top, centre[1] + left)
         image, label = random_crop(
-            item.image, item.label, window, rng, fill=self.mean[:, 0, 0], centre=centre
+            source, labels, window, rng, fill=self.mean[:, 0, 0], centre=centre
         )
         if window != crop:
             image, label = resample_crop(image, label, crop)
@@ -145,12 +156,15 @@ class RandomCropDataset:
             image = self.photometric.apply(image, rng, _top(item.image.dtype))
         return image, label
 
-    def _window(self, item: LabelledImage, crop: int, rng: np.random.Generator) -> int:
+    def _window(self, index: int, crop: int, rng: np.random.Generator) -> int:
         """The edge of the window read for a ``crop`` (zoom: a window of crop/zoom resampled)."""
+        item = self.items[index]
         if self.target_gsd is not None and item.gsd and rng.random() < self.target_gsd[1]:
             finest, coarsest = self.target_gsd[0]
-            # Never zoom out so far that the window is mostly padding around a small image.
-            coarsest = min(coarsest, item.gsd * 1.25 * max(item.image.shape[1:]) / crop)
+            # Never zoom out so far that the window is mostly padding around a small image (or
+            # around its patchwork).
+            reach = max(item.image.shape[1:]) * (self.mosaic if index in self._peers else 1)
+            coarsest = min(coarsest, item.gsd * 1.25 * reach / crop)
             finest = min(finest, coarsest)
             target = float(np.exp(rng.uniform(np.log(finest), np.log(coarsest))))
             return max(int(round(crop * target / item.gsd)), 1)
@@ -158,6 +172,26 @@ class RandomCropDataset:
             zoom = float(np.exp(rng.uniform(np.log(self.scale[0]), np.log(self.scale[1]))))
             return max(int(round(crop / zoom)), 1)
         return crop
+
+    def _patchwork(
+        self, index: int, rng: np.random.Generator
+    ) -> tuple[npt.NDArray[Any], npt.NDArray[np.uint8], tuple[int, int]]:
+        """Image ``index`` at a random cell of a k x k patchwork of its peers; its offset."""
+        item, k = self.items[index], self.mosaic
+        (bands, h, w), peers = item.image.shape, self._peers[index]
+        image = np.empty((bands, k * h, k * w), dtype=item.image.dtype)
+        label = np.empty((k * h, k * w), dtype=np.uint8)
+        own = int(rng.integers(k * k))
+        for cell in range(k * k):
+            piece = item if cell == own else self.items[peers[int(rng.integers(len(peers)))]]
+            img, lab = piece.image, piece.label
+            if cell != own:
+                img, lab = flip_rotate(img, lab, rng) if h == w else (img, lab)
+            r, c = divmod(cell, k)
+            image[:, r * h : (r + 1) * h, c * w : (c + 1) * w] = img
+            label[r * h : (r + 1) * h, c * w : (c + 1) * w] = lab
+        r, c = divmod(own, k)
+        return image, label, (r * h, c * w)
 
     def label_shares(self, num_codes: int, crops: int = 600) -> npt.NDArray[np.float64]:
         """Share of each label code among the labelled pixels of ``crops`` sampled crops.
@@ -174,6 +208,18 @@ class RandomCropDataset:
             raise TrainingError("the sampled training crops hold no labelled pixel")
         shares: npt.NDArray[np.float64] = counts / counts.sum()
         return shares
+
+
+def mosaic_peers(items: Sequence[LabelledImage]) -> dict[int, list[int]]:
+    """For each image, the images a patchwork may lay beside it: same shape, type, pixel size.
+
+    Images with no stated pixel size, or with no peer, are left out (never laid into one).
+    """
+    kinds: dict[tuple[Any, ...], list[int]] = {}
+    for index, item in enumerate(items):
+        if item.gsd:
+            kinds.setdefault((item.image.shape, item.image.dtype.str, item.gsd), []).append(index)
+    return {i: group for group in kinds.values() if len(group) > 1 for i in group}
 
 
 class ClassBalancedCentres:

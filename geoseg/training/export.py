@@ -154,6 +154,8 @@ def _robustness_summary(tc: TrainingConfig) -> dict[str, Any]:
             "range": list(tc.target_gsd["range"]),
             "probability": tc.target_gsd["probability"],
         }
+    if tc.mosaic > 1:
+        out["mosaic"] = tc.mosaic
     if tc.crop_sizes:
         out["crop_sizes"] = list(tc.crop_sizes)
     if tc.class_balance:

@@ -286,6 +286,7 @@ def crop_dataset(
         crop_sizes=tc.crop_sizes,
         batch_size=tc.batch_size,
         class_balance=float(tc.class_balance),
+        mosaic=tc.mosaic,
     )
 
 

