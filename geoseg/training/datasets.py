@@ -185,8 +185,8 @@ class RandomCropDataset:
         for cell in range(k * k):
             piece = item if cell == own else self.items[peers[int(rng.integers(len(peers)))]]
             img, lab = piece.image, piece.label
-            if cell != own:
-                img, lab = flip_rotate(img, lab, rng) if h == w else (img, lab)
+            if cell != own and h == w:
+                img, lab = flip_rotate(img, lab, rng)
             r, c = divmod(cell, k)
             image[:, r * h : (r + 1) * h, c * w : (c + 1) * w] = img
             label[r * h : (r + 1) * h, c * w : (c + 1) * w] = lab
