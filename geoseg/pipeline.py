@@ -390,7 +390,7 @@ def _write_run_json(
     partial: PartialRun, run: RunPlan, device: str, confidence: dict[str, Any] | None = None,
     warned: list[dict[str, str]] | None = None,
 ) -> None:  # fmt: skip
-    """``run.json``: the model card, the settings, the confidence and the warnings shown.
+    """``run.json``: the model card, the settings, the confidence and the warnings raised.
 
     The model's entry holds its card, its metrics and ``sha256``, the digest of its card and
     weights that a fine-tune's card names its start model by (the journal's, computed once).
